@@ -1,0 +1,239 @@
+"""Stage-1 alignment: train one head per modality against the frozen anchor.
+
+For each modality m ≠ anchor, only rows where both m and the anchor are present form
+pairs (image–unimodal pairs, as in the paper). The anchor is mapped to D by a fixed
+projection (see :mod:`prom3e.align.heads`); m's head is trained with the symmetric
+supervised-contrastive loss (same label = positive when a label column is given), AdamW
+(lr 1e-4, betas (0.9, 0.98), eps 1e-6), a learnable logit scale, early stopping on a
+held-out fraction of the pairs (the best epoch's weights are kept). Seeded throughout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from prom3e.align.aligner import Aligner
+from prom3e.align.heads import AnchorProjection, Head, apply
+from prom3e.align.supcon import LogitScale, supcon_loss
+from prom3e.data.table import ModalTable
+from prom3e.encoders.base import resolve_device
+from prom3e.errors import Prom3eError
+
+
+@dataclass
+class AlignConfig:
+    dim: int | None = None  # D; default: min(512, anchor dim)
+    anchor_proj: str = "pca"  # pca | pca_whiten | center
+    head: str = "mlp"  # mlp | linear (trainable encoders always use their tower)
+    hidden: int = 1024
+    dropout: float = 0.1
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    val_frac: float = 0.1
+    patience: int = 10
+    seed: int = 0
+    device: str = "cpu"
+
+
+def label_codes(values: np.ndarray) -> np.ndarray:
+    """Labels → ``int64`` codes; empty labels get unique negative codes (own class only)."""
+    vals = np.asarray(values, dtype=object)
+    empty = np.array([v is None or (isinstance(v, float) and v != v) or v == "" for v in vals])
+    codes = np.empty(len(vals), np.int64)
+    if (~empty).any():
+        _, inv = np.unique(vals[~empty].astype(str), return_inverse=True)
+        codes[~empty] = inv
+    codes[empty] = -1 - np.arange(int(empty.sum()))
+    return codes
+
+
+def _batches(n: int, bs: int, g: torch.Generator | None) -> list[torch.Tensor]:
+    idx = torch.randperm(n, generator=g) if g is not None else torch.arange(n)
+    out = list(idx.split(bs))
+    if len(out) > 1 and len(out[-1]) < 2:  # a batch of one has no negatives
+        out[-2] = torch.cat(out[-2:])
+        out.pop()
+    return out
+
+
+def _train_head(head: Head, x: np.ndarray, za: torch.Tensor, labels: np.ndarray | None,
+                cfg: AlignConfig, seed: int, device: str, bar=None) -> dict[str, Any]:
+    """Train one head on its pairs; returns its training record (best weights kept)."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    n_val = int(round(cfg.val_frac * n)) if n >= 20 else 0
+    perm = rng.permutation(n)
+    va, tr = perm[:n_val], perm[n_val:]
+    xt = torch.from_numpy(x).to(device)
+    lab = None if labels is None else torch.from_numpy(labels).to(device)
+    head.norm.fit(xt[tr])
+    head.to(device)
+    scale = LogitScale().to(device)
+    decay = [p for p in head.parameters() if p.ndim >= 2]
+    no_decay = [p for p in head.parameters() if p.ndim < 2] + list(scale.parameters())
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    g = torch.Generator().manual_seed(seed)
+    tr_t, va_t = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)
+
+    def loss_on(rows: torch.Tensor) -> torch.Tensor:
+        return supcon_loss(head(xt[rows]), za[rows], scale(), None if lab is None else lab[rows])
+
+    hist: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    best, best_state, bad = float("inf"), None, 0
+    for _epoch in range(cfg.epochs):
+        head.train()
+        total = 0.0
+        batches = _batches(len(tr), cfg.batch_size, g)
+        for b in batches:
+            loss = loss_on(tr_t[b.to(device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            scale.clamp_()
+            total += float(loss)
+        hist["train_loss"].append(total / max(1, len(batches)))
+        head.eval()
+        with torch.no_grad():
+            vb = _batches(len(va), cfg.batch_size, None) if n_val else []
+            val = float(np.mean([float(loss_on(va_t[b.to(device)])) for b in vb])) if vb else None
+        hist["val_loss"].append(val if val is not None else float("nan"))
+        score = hist["train_loss"][-1] if val is None else val
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}",
+                            val=f"{val:.3f}" if val is not None else "-")
+        if score < best - 1e-4:
+            best, bad = score, 0
+            best_state = ({k: v.detach().clone() for k, v in head.state_dict().items()},
+                          float(scale.log_scale))
+        else:
+            bad += 1
+            if cfg.patience and bad >= cfg.patience:
+                if bar is not None:
+                    bar.update(cfg.epochs - _epoch - 1)
+                break
+    if best_state is not None:
+        head.load_state_dict(best_state[0])
+        scale.log_scale.data.fill_(best_state[1])
+    head.eval()
+    rec: dict[str, Any] = {"pairs": int(n), "train_pairs": int(len(tr)), "val_pairs": int(n_val),
+                           "epochs_run": len(hist["train_loss"]),
+                           "best_epoch": int(np.nanargmin(hist["val_loss"] if n_val
+                                                          else hist["train_loss"])) + 1,
+                           "logit_scale": float(scale().detach()), **hist}
+    if n_val:
+        with torch.no_grad():
+            z = head(xt[va_t])
+            sim = z @ za[va_t].T
+            nn_ = sim.argmax(1)
+            same = (lab[va_t][nn_] == lab[va_t]) if lab is not None else (
+                nn_ == torch.arange(n_val, device=device))
+        rec["val_loss_best"] = float(np.nanmin(hist["val_loss"]))
+        rec["val_top1"] = float(same.float().mean())  # nearest anchor shares the label/row
+    return rec
+
+
+def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
+                config: AlignConfig | None = None, encoders: dict[str, dict] | None = None,
+                progress: bool = True) -> Aligner:
+    """Fit the anchor projection and every other modality's head on ``table``'s rows."""
+    from tqdm.auto import tqdm
+
+    cfg = config or AlignConfig()
+    device = resolve_device(cfg.device)
+    encoders = encoders or {}
+    a = table.index(anchor)
+    a_dim = table.dims[a]
+    dim = int(cfg.dim or min(512, a_dim))
+    if len(table.modalities) < 2:
+        raise Prom3eError(f"{table.source}: nothing to align: only the anchor '{anchor}'")
+    arows = np.flatnonzero(table.present[:, a])
+    if len(arows) < 2:
+        raise Prom3eError(f"{table.source}: anchor '{anchor}' is present in {len(arows)} row(s)")
+    proj = AnchorProjection(a_dim, dim, cfg.anchor_proj)
+    proj.fit(torch.from_numpy(table.features[a][arows]))
+    za_all = np.zeros((len(table), dim), np.float32)
+    za_all[arows] = apply(proj, table.features[a][arows])
+    codes = None if label is None else label_codes(table.label(label))
+
+    heads: dict[str, Any] = {}
+    record: dict[str, Any] = {"config": asdict(cfg), "label": label,
+                              "modalities": {anchor: {"rows": int(len(arows)),
+                                                      "projection": cfg.anchor_proj}}}
+    others = [m for m in range(len(table.modalities)) if m != a]
+    torch_state = torch.random.get_rng_state()
+    bar = tqdm(total=cfg.epochs * len(others), unit="epoch", desc="align",
+               disable=not progress)
+    try:
+        for m in range(len(table.modalities)):
+            name = table.modalities[m]
+            if m == a:
+                heads[name] = proj
+                continue
+            rows = np.flatnonzero(table.present[:, m] & table.present[:, a])
+            if len(rows) < 4:
+                raise Prom3eError(f"{table.source}: modality '{name}' has {len(rows)} row(s) "
+                                  f"paired with the anchor '{anchor}'; need at least 4")
+            enc = encoders.get(name) or {}
+            tower = {"encoder": enc["encoder"], "options": enc.get("options", {})} \
+                if enc.get("trainable") else None
+            seed = cfg.seed * 1000 + m
+            torch.manual_seed(seed)
+            head = Head(table.dims[m], dim, "tower" if tower else cfg.head, cfg.hidden,
+                        cfg.dropout, tower)
+            bar.set_description(f"align {name}")
+            rec = _train_head(head, table.features[m][rows], torch.from_numpy(za_all[rows]).to(
+                device), None if codes is None else codes[rows], cfg, seed, device, bar)
+            heads[name] = head.cpu()
+            record["modalities"][name] = {"head": head.cfg["kind"], **rec}
+    finally:
+        bar.close()
+        torch.random.set_rng_state(torch_state)
+    return Aligner(anchor, dim, heads, record, device)
+
+
+def parse_where(expr: str | None, table: ModalTable) -> np.ndarray:
+    """``COL=VALUE`` → ``bool[N]`` rows whose metadata column equals VALUE (as text)."""
+    if not expr:
+        return np.ones(len(table), bool)
+    col, sep, value = expr.partition("=")
+    if not sep:
+        raise Prom3eError(f"--fit-where wants COLUMN=VALUE, got '{expr}'")
+    vals = np.asarray(table.label(col.strip()), dtype=object).astype(str)
+    mask = vals == value.strip()
+    if not mask.any():
+        raise Prom3eError(f"{table.source}: no row has {col.strip()} = '{value.strip()}'")
+    return mask
+
+
+def align_file(data: str | os.PathLike, anchor: str, out: str | os.PathLike,
+               model_out: str | os.PathLike, label: str | None = None,
+               config: AlignConfig | None = None, fit_where: str | None = None,
+               modalities: list[str] | None = None, progress: bool = True) -> Aligner:
+    """The ``prom3e align`` command: read, fit (on ``fit_where`` rows), transform, write."""
+    from prom3e.data.table import read_table, write_parquet
+    from prom3e.encoders.embed import encoder_configs
+
+    table = read_table(data, modalities)
+    table.index(anchor)  # a clear error for an unknown anchor
+    if label is not None:
+        table.label(label)
+    fit = parse_where(fit_where, table)
+    aligner = fit_aligner(table.take(np.flatnonzero(fit)), anchor, label, config,
+                          encoder_configs(data), progress)
+    aligner.record["fit_rows"] = int(fit.sum())
+    aligner.record["fit_where"] = fit_where
+    write_parquet(aligner.transform(table), out)
+    aligner.save(model_out)
+    return aligner

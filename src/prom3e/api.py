@@ -1,0 +1,188 @@
+"""``Fuser``: the few calls most users need, on a trained run folder.
+
+>>> fuser = Fuser.load("runs/demo")
+>>> post = fuser.encode(table, visible=["image", "loc"])      # μ, logσ², ‖σ‖₁
+>>> recon = fuser.reconstruct(table, targets=["text"])        # {"text": [N, d]}
+>>> feats = fuser.features(table)                             # {"mu", "tokens"} for probing
+
+Batches are a :class:`ModalTable`, a ``{name: array [B, d] or None}`` dict (rows that are
+all-NaN count as missing), or an ``(x [B, M, Dmax], present [B, M])`` pair, as NumPy or
+torch. Outputs are CPU float32 tensors. Evaluation is deterministic: decoding uses μ, or
+a seeded average of ``n_samples`` draws.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prom3e.data.table import ModalTable
+from prom3e.errors import Prom3eError
+from prom3e.models.prom3e import Posterior, Prom3e, Prom3eConfig
+from prom3e.runtime import autocast, resolve_device, resolve_precision
+from prom3e.train import checkpoint as ckpt
+
+Batch = ModalTable | dict | tuple
+
+
+class Fuser:
+    def __init__(self, model: Prom3e, device: str | torch.device = "cpu", precision: str = "fp32"):
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.precision = precision
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.model.cfg.modalities)
+
+    @property
+    def dims(self) -> list[int]:
+        return list(self.model.cfg.dims)
+
+    @classmethod
+    def load(cls, run: str | os.PathLike, device: str = "auto", which: str = "best",
+             precision: str = "fp32") -> Fuser:
+        """Load a run folder (``which='last'`` for the latest epoch instead of the best)."""
+        run = Path(run)
+        if not run.is_dir():
+            raise Prom3eError(f"{run}: no such run folder")
+        modalities, dims = ckpt.read_schema(run)
+        config = ckpt.read_json(run / "config.json")
+        try:
+            mc = Prom3eConfig(**config["model"])
+        except (KeyError, TypeError) as e:
+            raise Prom3eError(f"{run}/config.json: malformed model config ({e})") from None
+        if mc.modalities != modalities or mc.dims != dims:
+            raise Prom3eError(f"{run}: config.json and schema.json disagree on the modalities")
+        model = Prom3e(mc)
+        ckpt.load_state_into(model, run / ("model.safetensors" if which == "best" else "last/model.safetensors"))
+        dev = resolve_device(device)
+        return cls(model, dev, resolve_precision(precision, dev))
+
+    # --- inputs --------------------------------------------------------------------------
+    def as_tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Any accepted batch → ``(x float32[B, M, Dmax], present bool[B, M])`` on CPU."""
+        if isinstance(batch, ModalTable):
+            t = batch.check_schema(self.modalities, self.dims)
+            return torch.from_numpy(t.padded()), torch.from_numpy(t.present)
+        if isinstance(batch, tuple):
+            x, present = (torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v) for v in batch)
+            if x.dim() != 3 or x.shape[1] != len(self.dims) or x.shape[2] < max(self.dims):
+                raise Prom3eError(f"x has shape {tuple(x.shape)}, want (B, {len(self.dims)}, {max(self.dims)})")
+            if present.shape != x.shape[:2]:
+                raise Prom3eError(f"present has shape {tuple(present.shape)}, want {tuple(x.shape[:2])}")
+            x = x[..., : max(self.dims)].float()
+            if not torch.isfinite(x[present.bool()]).all():
+                raise Prom3eError("x contains NaN or inf in a present modality")
+            return x, present.bool()
+        if isinstance(batch, dict):
+            return self._from_dict(batch)
+        raise Prom3eError(f"unsupported batch type {type(batch).__name__}")
+
+    def _from_dict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        unknown = [k for k in batch if k not in self.modalities]
+        if unknown:
+            raise Prom3eError(f"unknown modality '{unknown[0]}' (the model knows: {', '.join(self.modalities)})")
+        sizes = {len(v) for v in batch.values() if v is not None}
+        if len(sizes) != 1:
+            raise Prom3eError("batch dict: arrays must share one non-zero row count")
+        b = sizes.pop()
+        x = torch.zeros(b, len(self.dims), max(self.dims))
+        present = torch.zeros(b, len(self.dims), dtype=torch.bool)
+        for m, (name, dim) in enumerate(zip(self.modalities, self.dims, strict=True)):
+            v = batch.get(name)
+            if v is None:
+                continue
+            v = torch.as_tensor(v).float()
+            if v.dim() != 2 or v.shape[1] != dim:
+                raise Prom3eError(f"modality '{name}' has shape {tuple(v.shape)}, want (B, {dim})")
+            missing = torch.isnan(v).all(1)
+            if not torch.isfinite(v[~missing]).all():
+                raise Prom3eError(f"modality '{name}' contains NaN or inf in a present row")
+            x[:, m, :dim] = torch.where(missing[:, None], 0.0, v)
+            present[:, m] = ~missing
+        return x, present
+
+    def visible_mask(self, present: torch.Tensor, visible: Sequence[str] | None) -> torch.Tensor:
+        if visible is None:
+            mask = present
+        else:
+            cols = torch.zeros(len(self.modalities), dtype=torch.bool)
+            for name in visible:
+                if name not in self.modalities:
+                    raise Prom3eError(f"unknown modality '{name}' (the model knows: {', '.join(self.modalities)})")
+                cols[self.modalities.index(name)] = True
+            mask = present & cols
+        empty = (~mask.any(1)).nonzero()
+        if len(empty):
+            which = "no modality present" if visible is None else f"none of {', '.join(visible)} present"
+            raise Prom3eError(f"row {int(empty[0])}: {which} ({len(empty)} such row(s))")
+        return mask
+
+    def _chunks(self, batch: Batch, visible: Sequence[str] | None, batch_size: int
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, present = self.as_tensors(batch)
+        vis = self.visible_mask(present, visible)
+        for i in range(0, len(x), batch_size):
+            yield (x[i:i + batch_size].to(self.device, non_blocking=True),
+                   vis[i:i + batch_size].to(self.device, non_blocking=True))
+
+    # --- the calls -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, batch: Batch, visible: Sequence[str] | None = None, hidden: bool = False,
+               batch_size: int = 1024) -> Posterior:
+        """Posterior of each row given its visible modalities (default: all present)."""
+        parts = []
+        for x, vis in self._chunks(batch, visible, batch_size):
+            with autocast(self.device, self.precision):
+                p = self.model.encode(x, vis, hidden=hidden)
+            parts.append(p)
+        cat = lambda name: torch.cat([getattr(p, name).float().cpu() for p in parts])  # noqa: E731
+        return Posterior(cat("mu"), cat("logvar"), cat("hidden") if hidden else None)
+
+    @torch.no_grad()
+    def reconstruct(self, batch: Batch, targets: Sequence[str] | None = None,
+                    visible: Sequence[str] | None = None, n_samples: int = 0, seed: int = 0,
+                    batch_size: int = 1024, return_samples: bool = False) -> dict[str, torch.Tensor]:
+        """Reconstruct ``targets`` (default: every modality) → ``{name: [B, d]}``, unit norm.
+
+        ``n_samples = 0`` decodes μ; ``n > 0`` averages n seeded draws (re-normalised). With
+        ``return_samples``, ``'{name}:samples'`` holds the draws ``[n, B, d]`` too.
+        """
+        targets = list(targets) if targets is not None else self.modalities
+        mods = [self._index(t) for t in targets]
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out: dict[str, list[torch.Tensor]] = {}
+        for x, vis in self._chunks(batch, visible, batch_size):
+            with autocast(self.device, self.precision):
+                post = self.model.encode(x, vis)
+                if n_samples:
+                    z = Prom3e.sample(post, n_samples, gen)  # [n, B, E]
+                    draws = self.model.decode(z.flatten(0, 1), mods)  # [T, n·B, D]
+                    draws = draws.unflatten(1, (n_samples, -1))  # [T, n, B, D]
+                    mean = F.normalize(draws.mean(1), dim=-1)
+                else:
+                    mean, draws = self.model.decode(post.mu, mods), None
+            for t, (name, m) in enumerate(zip(targets, mods, strict=True)):
+                d = self.dims[m]
+                out.setdefault(name, []).append(mean[t, :, :d].float().cpu())
+                if return_samples and draws is not None:
+                    out.setdefault(f"{name}:samples", []).append(draws[t, ..., :d].float().cpu())
+        return {k: torch.cat(v, dim=1 if k.endswith(":samples") else 0) for k, v in out.items()}
+
+    def features(self, batch: Batch, visible: Sequence[str] | None = None,
+                 batch_size: int = 1024) -> dict[str, torch.Tensor]:
+        """Features for probing: ``mu [B, E]`` and all special + register tokens flattened."""
+        post = self.encode(batch, visible, hidden=True, batch_size=batch_size)
+        return {"mu": post.mu, "tokens": post.hidden.flatten(1)}
+
+    def _index(self, name: str) -> int:
+        if name not in self.modalities:
+            raise Prom3eError(f"unknown modality '{name}' (the model knows: {', '.join(self.modalities)})")
+        return self.modalities.index(name)

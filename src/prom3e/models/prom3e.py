@@ -1,0 +1,214 @@
+"""ProM3E: a masked Transformer VAE over per-modality embedding tokens.
+
+Sequence = ``[mu] [logvar] reg_1..reg_R  v_1..v_L`` where ``v`` are the projected
+*visible* modalities of each row (+ a learned modality-id vector); absent and masked
+modalities are left out via a key-padding mask, so one batch mixes any patterns.
+μ = normalize(out[mu]), logσ² = out[logvar]; z = μ + σ·ε feeds one decoder per modality.
+
+Two exact shortcuts keep the work to what is needed:
+- the 2 + R leading tokens are the same for every row, so the first layer projects
+  their queries/keys/values once per batch, not once per row;
+- the last layer computes outputs only at the [mu]/[logvar] (and register) positions,
+  the only ones anything reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prom3e.models.grouped import ModalityMLP, group_pairs
+
+N_SPECIAL = 2  # [mu], [logvar]
+
+
+@dataclass
+class Prom3eConfig:
+    modalities: list[str] = field(default_factory=list)
+    dims: list[int] = field(default_factory=list)
+    embed_dim: int = 256  # E
+    depth: int = 1
+    heads: int = 8
+    mlp_dim: int = 512
+    registers: int = 4
+    dropout: float = 0.0
+    logvar_clip: float = 8.0  # guard: |logσ²| ≤ clip keeps the KL finite
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Named configs: architecture only; modalities and dims come from the data.
+CONFIGS: dict[str, dict] = {
+    "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2),
+    "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4),
+    "paper": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4),
+}
+
+
+def named_config(name: str, modalities: list[str], dims: list[int], **overrides) -> Prom3eConfig:
+    if name not in CONFIGS:
+        from prom3e.errors import Prom3eError
+
+        raise Prom3eError(f"unknown model config '{name}' (have: {', '.join(CONFIGS)})")
+    return Prom3eConfig(modalities=list(modalities), dims=list(dims), **{**CONFIGS[name], **overrides})
+
+
+@dataclass
+class Posterior:
+    mu: Tensor  # [B, E], unit norm
+    logvar: Tensor  # [B, E]
+    hidden: Tensor | None = None  # [B, 2 + R, E]: final outputs at [mu], [logvar], registers
+
+    @property
+    def sigma_l1(self) -> Tensor:
+        """‖σ‖₁ per row: lower means a more certain (more informative) visible set."""
+        return torch.exp(0.5 * self.logvar).sum(-1)
+
+
+class Block(nn.Module):
+    """Post-LN Transformer block (as the reference) with SDPA attention."""
+
+    def __init__(self, cfg: Prom3eConfig):
+        super().__init__()
+        e = cfg.embed_dim
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(e, 3 * e)
+        self.proj = nn.Linear(e, e)
+        self.ln1 = nn.LayerNorm(e)
+        self.fc1 = nn.Linear(e, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, e)
+        self.ln2 = nn.LayerNorm(e)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, prefix: Tensor, rest: Tensor, key_ok: Tensor, n_out: int | None) -> Tensor:
+        """Attend over ``[prefix; rest]`` and return outputs at the first ``n_out`` positions.
+
+        ``prefix`` is ``[P, E]`` (the same for every row: projected once) or ``[B, P, E]``;
+        ``rest`` is ``[B, L, E]`` with ``key_ok [B, P + L]``. ``n_out=None``: all positions.
+        """
+        b, e, h = rest.shape[0], rest.shape[-1], self.heads
+        qkv_rest = self.qkv(rest)
+        qkv_pre = self.qkv(prefix)
+        if prefix.dim() == 2:
+            qkv_pre, prefix = qkv_pre.expand(b, -1, -1), prefix.expand(b, -1, -1)
+        qkv = torch.cat([qkv_pre, qkv_rest], 1)
+        x = torch.cat([prefix, rest], 1)
+        n = x.shape[1] if n_out is None else n_out
+        q, k, v = qkv.split(e, -1)
+        q, k, v = (t.unflatten(-1, (h, e // h)).transpose(1, 2) for t in (q[:, :n], k, v))
+        p = self.drop.p if self.training else 0.0
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :], dropout_p=p)
+        x = x[:, :n]
+        x = self.ln1(x + self.drop(self.proj(att.transpose(1, 2).flatten(2))))
+        return self.ln2(x + self.drop(self.fc2(F.gelu(self.fc1(x)))))
+
+
+class Prom3e(nn.Module):
+    def __init__(self, cfg: Prom3eConfig):
+        super().__init__()
+        if not 1 <= len(cfg.modalities) <= 64 or len(cfg.modalities) != len(cfg.dims):
+            raise ValueError("need 1..64 modalities with one dim each")
+        self.cfg = cfg
+        m, e = len(cfg.modalities), cfg.embed_dim
+        self.project = ModalityMLP(cfg.dims, e, [e] * m, in_norm=True)
+        self.modality_embed = nn.Parameter(torch.randn(m, e) * 0.02)
+        self.prefix = nn.Parameter(torch.randn(N_SPECIAL + cfg.registers, e) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.decode_mlp = ModalityMLP([e] * m, e, cfg.dims, in_norm=False)
+        # contrastive reconstruction logits = α·distance + β, α < 0 kept by construction
+        self.alpha_raw = nn.Parameter(torch.full((m,), math.log(math.expm1(5.0))))  # α = −5
+        self.beta = nn.Parameter(torch.full((m,), 5.0))
+
+    @property
+    def alpha(self) -> Tensor:
+        return -F.softplus(self.alpha_raw)
+
+    def n_params(self) -> int:
+        """Trainable parameters, not counting the zero padding of unequal modality dims."""
+        grouped = self.project.n_effective_params() + self.decode_mlp.n_effective_params()
+        rest = sum(p.numel() for n, p in self.named_parameters()
+                   if not n.startswith(("project.", "decode_mlp.")))
+        return grouped + rest
+
+    # --- encoder -------------------------------------------------------------------------
+    def encode(self, x: Tensor, visible: Tensor, hidden: bool = False) -> Posterior:
+        """``x [B, M, Dmax]``, ``visible bool[B, M]`` (≥ 1 per row) → posterior."""
+        b = x.shape[0]
+        g = group_pairs(visible)
+        tokens = g.unpack(self.project(g.pack(x[g.rows, g.mods]), g.used))
+        tokens = tokens + self.modality_embed[g.mods]
+        count = visible.sum(1)
+        length = int(count.max())
+        slot = (visible.cumsum(1) - 1)[g.rows, g.mods]
+        seq = tokens.new_zeros(b, length, tokens.shape[-1])
+        seq[g.rows, slot] = tokens
+        p = self.prefix.shape[0]
+        key_ok = torch.cat([
+            torch.ones(b, p, dtype=torch.bool, device=x.device),
+            torch.arange(length, device=x.device) < count[:, None],
+        ], 1)
+        n_keep = p if hidden else N_SPECIAL
+        prefix: Tensor = self.prefix.to(seq.dtype)
+        for i, blk in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            out = blk(prefix, seq, key_ok, n_keep if last else None)
+            prefix, seq = out[:, :p], out[:, p:]
+        mu = F.normalize(prefix[:, 0].float(), dim=-1)
+        c = self.cfg.logvar_clip
+        logvar = c * torch.tanh(prefix[:, 1].float() / c)  # smooth clip: finite KL, live gradient
+        return Posterior(mu, logvar, prefix.float() if hidden else None)
+
+    @staticmethod
+    def sample(post: Posterior, n: int, generator: torch.Generator | None = None,
+               noise: str = "dim") -> Tensor:
+        """``[n, B, E]`` reparameterised draws; ``noise='scalar'`` is the reference's one ε per row."""
+        b, e = post.mu.shape
+        shape = (n, b, e) if noise == "dim" else (n, b, 1)
+        eps = torch.randn(shape, generator=generator, device=post.mu.device)
+        return post.mu + torch.exp(0.5 * post.logvar) * eps
+
+    # --- decoders ------------------------------------------------------------------------
+    def decode(self, z: Tensor, mods: list[int] | Tensor) -> Tensor:
+        """``z [B', E]`` → ``[len(mods), B', Dmax]`` L2-normalised reconstructions."""
+        used = torch.as_tensor(mods, device=z.device, dtype=torch.long)
+        out = self.decode_mlp(z.expand(len(used), -1, -1), used)
+        return F.normalize(out.float(), dim=-1)
+
+    # --- training objective --------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        visible: Tensor,
+        targets: Tensor,
+        labels: Tensor | None = None,
+        kl_weight: float = 1e-3,
+        noise: str = "dim",
+        dedup: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss for one batch: contrastive reconstruction of ``targets`` + λ·KL.
+
+        ``targets bool[B, M]``: the (row, modality) pairs to reconstruct; ``labels [B]``
+        (optional, −1 = none): rows with the same label are not each other's negatives.
+        """
+        post = self.encode(x, visible)
+        z = self.sample(post, 1, noise=noise)[0]
+        g = group_pairs(targets)
+        valid = g.valid
+        pred = self.decode_mlp(g.pack(z[g.rows]).to(z.dtype), g.used)
+        pred = F.normalize(pred.float(), dim=-1)
+        true = g.pack(x[g.rows, g.mods]).float()
+        lab = g.pack(labels[g.rows]) if labels is not None else None
+        from prom3e.models.losses import contrastive_reconstruction, kl_divergence
+
+        recon, acc = contrastive_reconstruction(
+            pred, true, valid, self.alpha[g.used], self.beta[g.used], lab, dedup
+        )
+        kl = kl_divergence(post.mu, post.logvar)
+        loss = recon + kl_weight * kl
+        return loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(),
+                      "acc": acc, "sigma_l1": post.sigma_l1.mean().detach()}

@@ -1,0 +1,64 @@
+"""Modality gap: how far apart, and how separable, two clouds of embeddings are.
+
+For two clouds A and B (rows L2-normalised):
+- ``centroid_distance`` = ‖mean(A) − mean(B)‖₂ (0 = same centre; at most 2);
+- ``separability`` = held-out accuracy of a logistic regression telling A from B, on equal
+  numbers of rows from each (0.5 = indistinguishable, 1 = a clean linear cut).
+
+The evaluation compares three representations of the same test rows: *raw* inputs
+(f_a vs f_b), *hidden* states (μ from {a} alone vs μ from {b} alone), and
+*reconstructions* (f̂_b decoded from {a} vs the real f_b).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prom3e.tasks.common import l2n, mean_or_none
+from prom3e.tasks.probe import linear_probe
+
+
+def centroid_distance(a: np.ndarray, b: np.ndarray) -> float | None:
+    """‖mean(â) − mean(b̂)‖₂ of the normalised rows; ``None`` if shapes are incompatible."""
+    if len(a) == 0 or len(b) == 0 or a.shape[1] != b.shape[1]:
+        return None
+    return float((l2n(a).mean(0) - l2n(b).mean(0)).norm())
+
+
+def separability(a: np.ndarray, b: np.ndarray, seed: int = 0, max_rows: int = 1000) -> float | None:
+    """Held-out accuracy of a linear classifier of A vs B (balanced; half to fit, half to test)."""
+    if len(a) < 4 or len(b) < 4 or a.shape[1] != b.shape[1]:
+        return None
+    rng = np.random.default_rng(seed)
+    n = min(len(a), len(b), max_rows)
+    a = np.asarray(l2n(a))[np.sort(rng.permutation(len(a))[:n])]
+    b = np.asarray(l2n(b))[np.sort(rng.permutation(len(b))[:n])]
+    half = n // 2
+    x_tr = np.concatenate([a[:half], b[:half]])
+    x_te = np.concatenate([a[half:], b[half:]])
+    y_tr = np.repeat([0, 1], half)
+    y_te = np.repeat([0, 1], n - half)
+    return linear_probe(x_tr, y_tr, x_te, y_te)["acc"]
+
+
+def compare(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float | None]:
+    return {"centroid_distance": centroid_distance(a, b), "separability": separability(a, b, seed)}
+
+
+def summarize(pairs: list[dict]) -> dict:
+    """Mean centroid distance and separability over the pairs of one representation."""
+    return {
+        "centroid_distance": mean_or_none([p["centroid_distance"] for p in pairs]),
+        "separability": mean_or_none([p["separability"] for p in pairs]),
+        "pairs": pairs,
+    }
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """Rows projected on their first two principal components (sign fixed: deterministic)."""
+    x = np.asarray(x, np.float64)
+    xc = x - x.mean(0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    v = vt[:2]
+    v *= np.sign(v[np.arange(len(v)), np.abs(v).argmax(1)])[:, None]
+    return xc @ v.T
