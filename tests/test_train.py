@@ -83,6 +83,8 @@ def test_fuser_api_batches_from_tables_numpy_and_torch(tiny_run, small_table):
     s2 = fuser.reconstruct(part, ["text"], n_samples=5, seed=1)
     torch.testing.assert_close(s1["text"], s2["text"])
     assert s1["text:samples"].shape == (5, 40, 16)
+    with_sigma = fuser.reconstruct(part, ["text"], visible=["image"], return_sigma=True)
+    torch.testing.assert_close(with_sigma["sigma_l1"], post.sigma_l1)
     feats = fuser.features(part)
     assert feats["tokens"].shape == (40, (2 + 2) * 32)
     two = fuser.encode(part, visible=["image", "loc"])  # rows with loc get a second token

@@ -149,11 +149,13 @@ class Fuser:
     @torch.no_grad()
     def reconstruct(self, batch: Batch, targets: Sequence[str] | None = None,
                     visible: Sequence[str] | None = None, n_samples: int = 0, seed: int = 0,
-                    batch_size: int = 1024, return_samples: bool = False) -> dict[str, torch.Tensor]:
+                    batch_size: int = 1024, return_samples: bool = False,
+                    return_sigma: bool = False) -> dict[str, torch.Tensor]:
         """Reconstruct ``targets`` (default: every modality) → ``{name: [B, d]}``, unit norm.
 
         ``n_samples = 0`` decodes μ; ``n > 0`` averages n seeded draws (re-normalised). With
-        ``return_samples``, ``'{name}:samples'`` holds the draws ``[n, B, d]`` too.
+        ``return_samples``, ``'{name}:samples'`` holds the draws ``[n, B, d]`` too; with
+        ``return_sigma``, ``'sigma_l1'`` holds each row's ‖σ‖₁ ``[B]`` (same encoding pass).
         """
         targets = list(targets) if targets is not None else self.modalities
         mods = [self._index(t) for t in targets]
@@ -169,6 +171,8 @@ class Fuser:
                     mean = F.normalize(draws.mean(1), dim=-1)
                 else:
                     mean, draws = self.model.decode(post.mu, mods), None
+            if return_sigma:
+                out.setdefault("sigma_l1", []).append(post.sigma_l1.float().cpu())
             for t, (name, m) in enumerate(zip(targets, mods, strict=True)):
                 d = self.dims[m]
                 out.setdefault(name, []).append(mean[t, :, :d].float().cpu())

@@ -18,9 +18,12 @@ COMMANDS = [
     "synth",
     "train",
     "reconstruct",
+    "evaluate",
     "import_npy",
     "embed",
     "align",
+    "benchmark",
+    "bench",
 ]
 
 

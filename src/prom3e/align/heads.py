@@ -103,7 +103,7 @@ class AnchorProjection(nn.Module):
         if kind == "center":
             return
         xc = (x - mean).double()
-        cov = xc.T @ xc / max(1, x.shape[0] - 1)
+        cov = (xc.T @ xc / max(1, x.shape[0] - 1)).float()
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
         evecs = evecs * torch.sign(evecs[evecs.abs().argmax(0), torch.arange(dim)])  # fix signs

@@ -42,6 +42,9 @@ class AlignConfig:
     patience: int = 10
     seed: int = 0
     device: str = "cpu"
+    # CPU threads while training (0: leave torch's setting). The heads are small: one
+    # thread is near the fastest, and on a busy machine multi-threaded small ops stall.
+    threads: int = 1
 
 
 def label_codes(values: np.ndarray) -> np.ndarray:
@@ -101,7 +104,7 @@ def _train_head(head: Head, x: np.ndarray, za: torch.Tensor, labels: np.ndarray 
             loss.backward()
             opt.step()
             scale.clamp_()
-            total += float(loss)
+            total += loss.item()
         hist["train_loss"].append(total / max(1, len(batches)))
         head.eval()
         with torch.no_grad():
@@ -116,7 +119,7 @@ def _train_head(head: Head, x: np.ndarray, za: torch.Tensor, labels: np.ndarray 
         if score < best - 1e-4:
             best, bad = score, 0
             best_state = ({k: v.detach().clone() for k, v in head.state_dict().items()},
-                          float(scale.log_scale))
+                          scale.log_scale.item())
         else:
             bad += 1
             if cfg.patience and bad >= cfg.patience:
@@ -172,7 +175,9 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
                               "modalities": {anchor: {"rows": int(len(arows)),
                                                       "projection": cfg.anchor_proj}}}
     others = [m for m in range(len(table.modalities)) if m != a]
-    torch_state = torch.random.get_rng_state()
+    torch_state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    if cfg.threads and device == "cpu":
+        torch.set_num_threads(cfg.threads)
     bar = tqdm(total=cfg.epochs * len(others), unit="epoch", desc="align",
                disable=not progress)
     try:
@@ -200,6 +205,7 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
     finally:
         bar.close()
         torch.random.set_rng_state(torch_state)
+        torch.set_num_threads(threads)
     return Aligner(anchor, dim, heads, record, device)
 
 

@@ -56,11 +56,11 @@ def run(args) -> int:
         r = rows[i:i + step]
         part = table.take(r)
         part.present = visible[r]
-        post = fuser.encode(part, batch_size=args.batch_size)
         rec = fuser.reconstruct(part, [args.target], n_samples=args.samples, seed=args.seed + i,
-                                batch_size=args.batch_size, return_samples=bool(args.samples))
+                                batch_size=args.batch_size, return_samples=bool(args.samples),
+                                return_sigma=True)
         mean[r] = rec[args.target].numpy()
-        sigma[r] = post.sigma_l1.numpy()
+        sigma[r] = rec["sigma_l1"].numpy()
         if draws is not None:
             draws[r] = rec[f"{args.target}:samples"].numpy().transpose(1, 0, 2)
     ok = np.zeros(n, bool)

@@ -68,6 +68,8 @@ def run(args) -> int:
     if cfg.label_column:
         table.label(cfg.label_column)  # fail early, naming the column
     summary = train(table, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    if summary.get("rank", 0) != 0:
+        return 0
     print(f"done: best validation R@1 {summary['best_val_r1_mean']:.4f} after {summary['epochs']} "
           f"epochs → {args.out}/model.safetensors")
     return 0

@@ -26,12 +26,19 @@ class Groups:
     group: Tensor  # [N] index of the pair's modality within `used`
     slot: Tensor  # [N] position of the pair within its group
     size: int  # C: the largest group
+    counts: Tensor  # [U] pairs per used modality
+    index: Tensor  # [U, C] pair at each buffer position (padding repeats a real pair)
 
     def pack(self, values: Tensor) -> Tensor:
         """``[N, ...]`` → zero-padded ``[U, C, ...]``."""
         buf = values.new_zeros((len(self.used), self.size, *values.shape[1:]))
         buf[self.group, self.slot] = values
         return buf
+
+    def take(self, values: Tensor) -> Tensor:
+        """``[N, ...]`` → ``[U, C, ...]`` with one gather; padding holds copies of real pairs
+        (cheaper than :meth:`pack`; use it where every consumer masks with :attr:`valid`)."""
+        return values[self.index]
 
     def unpack(self, buf: Tensor) -> Tensor:
         """``[U, C, ...]`` → ``[N, ...]`` in pair order."""
@@ -40,9 +47,7 @@ class Groups:
     @property
     def valid(self) -> Tensor:
         """``bool[U, C]``: which buffer positions hold a real pair."""
-        v = torch.zeros(len(self.used), self.size, dtype=torch.bool, device=self.rows.device)
-        v[self.group, self.slot] = True
-        return v
+        return torch.arange(self.size, device=self.rows.device) < self.counts[:, None]
 
 
 def group_pairs(mask: Tensor) -> Groups:
@@ -55,7 +60,8 @@ def group_pairs(mask: Tensor) -> Groups:
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(mods), device=mask.device) - starts[mods]
     size = int(counts.max()) if len(mods) else 0
-    return Groups(rows, mods, used, group_of_mod[mods], slot, size)
+    index = (starts[used][:, None] + torch.arange(size, device=mask.device)).clamp_max(max(len(mods) - 1, 0))
+    return Groups(rows, mods, used, group_of_mod[mods], slot, size, counts[used], index)
 
 
 class ModalityMLP(nn.Module):
@@ -111,15 +117,18 @@ class ModalityMLP(nn.Module):
         y = cent * torch.rsqrt(cent.pow(2).sum(-1, keepdim=True) / n + 1e-5)
         return (y * pick(self.norm_w)[:, None, :] + pick(self.norm_b)[:, None, :]) * mask
 
-    def forward(self, buf: Tensor, used: Tensor) -> Tensor:
-        """``buf [U, C, Din_max]`` of modalities ``used [U]`` → ``[U, C, Dout_max]``."""
+    def forward(self, buf: Tensor, used: Tensor, extra_bias: Tensor | None = None) -> Tensor:
+        """``buf [U, C, Din_max]`` of modalities ``used [U]`` → ``[U, C, Dout_max]``.
+
+        ``extra_bias [M, Dout_max]`` (e.g. a modality-id vector) is folded into the output bias."""
         def pick(p: Tensor) -> Tensor:  # skip the weight copy when every modality is used
             return p if len(used) == p.shape[0] else p[used]
 
         if self.norm_w is not None:
             buf = self._norm(buf, used, pick)
         h = F.gelu(torch.baddbmm(pick(self.b1)[:, None, :], buf, pick(self.w1)))
-        out = torch.baddbmm(pick(self.b2)[:, None, :], h, pick(self.w2))
+        b2 = self.b2 if extra_bias is None else self.b2 + extra_bias
+        out = torch.baddbmm(pick(b2)[:, None, :], h, pick(self.w2))
         if not self.uniform_out:
             out = out * pick(self.out_mask)[:, None, :].to(out.dtype)
         return out

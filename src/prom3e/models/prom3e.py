@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prom3e.models.grouped import ModalityMLP, group_pairs
+from prom3e.models.losses import contrastive_reconstruction, kl_divergence
 
 N_SPECIAL = 2  # [mu], [logvar]
 
@@ -85,12 +86,15 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(e)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, prefix: Tensor, rest: Tensor, key_ok: Tensor, n_out: int | None) -> Tensor:
+    def forward(self, prefix: Tensor, rest: Tensor, rest_ok: Tensor, n_out: int | None) -> Tensor:
         """Attend over ``[prefix; rest]`` and return outputs at the first ``n_out`` positions.
 
         ``prefix`` is ``[P, E]`` (the same for every row: projected once) or ``[B, P, E]``;
-        ``rest`` is ``[B, L, E]`` with ``key_ok [B, P + L]``. ``n_out=None``: all positions.
+        ``rest`` is ``[B, L, E]`` with ``rest_ok bool[B, L]`` marking real tokens (prefix
+        tokens are always attended). ``n_out=None``: all positions.
         """
+        if prefix.dim() == 2 and n_out is not None and n_out <= prefix.shape[0]:
+            return self._constant_queries(prefix, rest, rest_ok, n_out)
         b, e, h = rest.shape[0], rest.shape[-1], self.heads
         qkv_rest = self.qkv(rest)
         qkv_pre = self.qkv(prefix)
@@ -102,10 +106,38 @@ class Block(nn.Module):
         q, k, v = qkv.split(e, -1)
         q, k, v = (t.unflatten(-1, (h, e // h)).transpose(1, 2) for t in (q[:, :n], k, v))
         p = self.drop.p if self.training else 0.0
+        key_ok = torch.cat([rest_ok.new_ones(b, prefix.shape[1]), rest_ok], 1)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :], dropout_p=p)
         x = x[:, :n]
         x = self.ln1(x + self.drop(self.proj(att.transpose(1, 2).flatten(2))))
+        return self._mlp(x)
+
+    def _mlp(self, x: Tensor) -> Tensor:
         return self.ln2(x + self.drop(self.fc2(F.gelu(self.fc1(x)))))
+
+    def _constant_queries(self, prefix: Tensor, rest: Tensor, rest_ok: Tensor, n: int) -> Tensor:
+        """The same result when the queries are batch-constant prefix tokens (a 1-layer model).
+
+        Queries, keys and values of the prefix are computed once per batch; only the keys and
+        values of each row's own tokens are per row; no ``[B, P + L, ·]`` buffers are built.
+        """
+        b, e, h = rest.shape[0], rest.shape[-1], self.heads
+        dh = e // h
+        qkv_pre = self.qkv(prefix)  # [P, 3E]
+        q, k_pre, v_pre = (t.unflatten(-1, (h, dh)) for t in qkv_pre.split(e, -1))
+        q = q[:n] * dh**-0.5  # [n, h, dh]
+        kv = F.linear(rest, self.qkv.weight[e:], self.qkv.bias[e:])  # [B, L, 2E]: no queries needed
+        k, v = kv.unflatten(-1, (2, h, dh)).unbind(2)  # [B, L, h, dh]
+        s_pre = torch.einsum("nhd,phd->hnp", q, k_pre).expand(b, -1, -1, -1)
+        s_rest = torch.einsum("nhd,blhd->bhnl", q, k).masked_fill(~rest_ok[:, None, None, :], float("-inf"))
+        w = torch.cat([s_pre, s_rest.to(s_pre.dtype)], -1).float().softmax(-1).to(v.dtype)  # [B, h, n, P + L]
+        if self.training and self.drop.p > 0:
+            w = F.dropout(w, self.drop.p)
+        p = prefix.shape[0]
+        att = torch.einsum("bhnp,phd->bnhd", w[..., :p], v_pre.to(v.dtype)) + torch.einsum(
+            "bhnl,blhd->bnhd", w[..., p:], v)
+        x = self.ln1(prefix[:n] + self.drop(self.proj(att.flatten(2))))
+        return self._mlp(x)
 
 
 class Prom3e(nn.Module):
@@ -138,25 +170,23 @@ class Prom3e(nn.Module):
     # --- encoder -------------------------------------------------------------------------
     def encode(self, x: Tensor, visible: Tensor, hidden: bool = False) -> Posterior:
         """``x [B, M, Dmax]``, ``visible bool[B, M]`` (≥ 1 per row) → posterior."""
-        b = x.shape[0]
+        b, m = x.shape[:2]
         g = group_pairs(visible)
-        tokens = g.unpack(self.project(g.pack(x[g.rows, g.mods]), g.used))
-        tokens = tokens + self.modality_embed[g.mods]
+        src = g.rows * m + g.mods  # each visible pair's row in x viewed as [B·M, D]
+        tokens = self.project(x.reshape(b * m, -1)[src[g.index]], g.used, self.modality_embed)  # [U, C, E]
         count = visible.sum(1)
         length = int(count.max())
-        slot = (visible.cumsum(1) - 1)[g.rows, g.mods]
-        seq = tokens.new_zeros(b, length, tokens.shape[-1])
-        seq[g.rows, slot] = tokens
+        pos = (visible.cumsum(1) - 1)[g.rows, g.mods]  # place of each pair in its row's sequence
+        where = torch.zeros(b, length, dtype=torch.long, device=x.device)
+        where[g.rows, pos] = g.group * g.size + g.slot
+        seq = tokens.flatten(0, 1)[where]  # [B, L, E]; positions past a row's count are masked
+        rest_ok = torch.arange(length, device=x.device) < count[:, None]
         p = self.prefix.shape[0]
-        key_ok = torch.cat([
-            torch.ones(b, p, dtype=torch.bool, device=x.device),
-            torch.arange(length, device=x.device) < count[:, None],
-        ], 1)
         n_keep = p if hidden else N_SPECIAL
         prefix: Tensor = self.prefix.to(seq.dtype)
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            out = blk(prefix, seq, key_ok, n_keep if last else None)
+            out = blk(prefix, seq, rest_ok, n_keep if last else None)
             prefix, seq = out[:, :p], out[:, p:]
         mu = F.normalize(prefix[:, 0].float(), dim=-1)
         c = self.cfg.logvar_clip
@@ -198,15 +228,13 @@ class Prom3e(nn.Module):
         post = self.encode(x, visible)
         z = self.sample(post, 1, noise=noise)[0]
         g = group_pairs(targets)
-        valid = g.valid
-        pred = self.decode_mlp(g.pack(z[g.rows]).to(z.dtype), g.used)
-        pred = F.normalize(pred.float(), dim=-1)
-        true = g.pack(x[g.rows, g.mods]).float()
-        lab = g.pack(labels[g.rows]) if labels is not None else None
-        from prom3e.models.losses import contrastive_reconstruction, kl_divergence
-
+        b, m = x.shape[:2]
+        pick = g.rows[g.index]  # [U, C] row of each buffer position (padding: a copy, masked by valid)
+        pred = F.normalize(self.decode_mlp(z[pick], g.used).float(), dim=-1)
+        true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
+        lab = labels[pick] if labels is not None else None
         recon, acc = contrastive_reconstruction(
-            pred, true, valid, self.alpha[g.used], self.beta[g.used], lab, dedup
+            pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup
         )
         kl = kl_divergence(post.mu, post.logvar)
         loss = recon + kl_weight * kl

@@ -100,16 +100,25 @@ def l2n(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.nn.functional.normalize(t, dim=-1)
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (as ``scipy.stats.rankdata``)."""
+    x = np.asarray(x)
+    order = np.argsort(x, kind="stable")
+    _, inv, counts = np.unique(x[order], return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = (ends - (counts - 1) / 2.0)[inv.reshape(-1)]
+    return ranks
+
+
 def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float | None:
     """Spearman rank correlation (average ranks for ties); ``None`` when undefined."""
-    from scipy.stats import rankdata
-
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3:
         return None
-    ra, rb = rankdata(a[ok]), rankdata(b[ok])
+    ra, rb = average_ranks(a[ok]), average_ranks(b[ok])
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
     return None if den == 0 else float((ra * rb).sum() / den)

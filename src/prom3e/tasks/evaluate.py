@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prom3e.data.table import ModalTable, atomic_write, read_table
+from prom3e.data.table import ModalTable, read_table
 from prom3e.errors import Prom3eError
 from prom3e.tasks import gap as gap_mod
 from prom3e.tasks import probe as probe_mod
@@ -50,7 +50,7 @@ from prom3e.tasks.retrieval import DELTA_GRID, PairData, dedup_gallery, evaluate
 
 ALL_TASKS = ("retrieval", "zeroshot", "probe", "uncertainty", "gap")
 SCHEMA_VERSION = 1
-PROBE_FEATURES = ("raw", "mu", "tokens", "recon")
+PROBE_FEATURES = ("raw", "mu", "tokens", "reconstruction")
 
 
 @dataclass
@@ -97,9 +97,10 @@ class _Run:
         return split.galleries[t]
 
 
-def _resolve_sets(sets: Sequence[Sequence[str]] | None, mods: list[str], known: list[str]) -> list[tuple[str, ...]]:
+def _resolve_sets(sets: Sequence[Sequence[str]] | None, mods: list[str], known: list[str],
+                  max_visible: int) -> list[tuple[str, ...]]:
     if sets is None:
-        return visible_sets(mods, 2)
+        return visible_sets(mods, max_visible)
     out = []
     for s in sets:
         s = tuple(s)
@@ -140,6 +141,7 @@ def evaluate(
     modalities: Sequence[str] | None = None,
     visible: Sequence[Sequence[str]] | None = None,
     targets: Sequence[str] | None = None,
+    max_visible: int = 2,
     class_modality: str | None = "auto",
     class_prototypes: ModalTable | str | os.PathLike | None = None,
     tasks: Sequence[str] = ALL_TASKS,
@@ -157,8 +159,8 @@ def evaluate(
     """Run the evaluation suite; return the metrics (and write them when ``out_dir`` is set).
 
     ``modalities`` restricts the modalities used (default: all of the model's that occur in
-    the table); ``visible`` the visible sets (default: every single modality and every
-    pair); ``targets`` the retrieval targets (default: every modality). ``class_modality``:
+    the table); ``visible`` the visible sets (default: every subset of ``modalities`` of
+    1 to ``max_visible`` modalities); ``targets`` the retrieval targets (default: every modality). ``class_modality``:
     ``"auto"`` detects a modality holding one embedding per class, ``None`` turns zero-shot
     off. ``class_prototypes``: a table (or path) with the ``label`` column and the class
     modality, one row per class; default: the prototypes found in ``table``.
@@ -181,7 +183,7 @@ def evaluate(
         if m not in known:
             raise Prom3eError(f"unknown modality '{m}' (the model knows: {', '.join(known)})")
     mods = [m for m in known if m in mods]
-    sets = _resolve_sets(visible, mods, known)
+    sets = _resolve_sets(visible, mods, known, max_visible)
     tgts = [t for t in known if t in (targets if targets is not None else mods)]
     for t in targets or []:
         if t not in known:
@@ -249,13 +251,11 @@ def evaluate(
     metrics["claims"] = _claims(metrics)
     metrics = jsonable(metrics)
     if out_dir is not None:
-        from prom3e.viz.report import write_outputs
+        from prom3e.viz.report import write_outputs, write_text
 
         write_outputs(Path(out_dir), metrics, run_extras={**extra, "calibration": run.calib},
                       plots=plots, command=command)
-        metrics_path = Path(out_dir) / "metrics.json"
-        text = json.dumps(metrics, indent=2, sort_keys=False) + "\n"
-        atomic_write(metrics_path, lambda tmp: Path(tmp).write_text(text))
+        write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -333,59 +333,55 @@ def _visible_set(run: _Run, s: tuple[str, ...], targets: list[str], fit: _Split,
                 "raw": np.concatenate([run.raw(v, r[lab]) for v in s], 1),
                 "mu": post.mu[lt].numpy(),
                 "tokens": post.hidden[lt].flatten(1).numpy() if post.hidden is not None else None,
-                "recon": torch.cat([rec[m][lt] for m in probe_tgts], 1).numpy(),
+                "reconstruction": torch.cat([rec[m][lt] for m in probe_tgts], 1).numpy(),
             }
-        res = {"visible": list(s)}
+        res: dict[str, Any] = {"visible": list(s), "n_train": len(ys["fit"]), "n_test": len(ys["test"])}
         for f in PROBE_FEATURES:
             a, b = feats["fit"][f], feats["test"][f]
             if a is None or b is None or len(ys["fit"]) == 0:
-                p = {"acc": None, "macro_f1": None, "n_train": len(ys["fit"]), "n_test": len(ys["test"])}
+                p = {"acc": None, "macro_f1": None}
             else:
                 p = probe_mod.linear_probe(a, ys["fit"], b, ys["test"])
             res[f"acc_{f}"], res[f"f1_{f}"] = p["acc"], p["macro_f1"]
-            res["n_train"], res["n_test"] = p["n_train"], p["n_test"]
-        res["sigma_l1_mean"] = float(sigma_test.mean()) if len(sigma_test) else None
         out["probe"] = res
     return out
 
 
 # --- summaries ----------------------------------------------------------------------------
 
+_KINDS = ("cross", "reconstruction", "inversion")
+
+
+def _means(items: list[dict], keys: Sequence[str]) -> dict[str, float | None]:
+    return {f"{k}_mean": mean_or_none([it[k] for it in items]) for k in keys}
+
+
+def _by_size(items: list[dict], keys: Sequence[str]) -> dict[str, dict]:
+    sizes = sorted({len(it["visible"]) for it in items})
+    return {str(k): {"n": sum(len(it["visible"]) == k for it in items),
+                     **_means([it for it in items if len(it["visible"]) == k], keys)} for k in sizes}
+
+
 def _retrieval_summary(pairs: list[dict]) -> dict:
-    out: dict[str, Any] = {"pairs": pairs}
-    for size in sorted({len(p["visible"]) for p in pairs}):
-        group = [p for p in pairs if len(p["visible"]) == size]
-        out[f"mean_visible_{size}"] = {
-            k: mean_or_none([p[k] for p in group])
-            for k in ("r1_cross", "r1_recon", "r1_inversion", "r5_cross", "r5_inversion", "delta")
-        }
-    for k in ("r1_cross", "r1_recon", "r1_inversion", "r5_cross", "r5_recon", "r5_inversion",
-              "r10_cross", "r10_recon", "r10_inversion", "delta"):
-        out[f"mean_{k}"] = mean_or_none([p[k] for p in pairs])
-    return out
+    keys = [f"r{k}_{kind}" for k in (1, 5, 10) for kind in _KINDS] + ["delta"]
+    return {"pairs": pairs, "summary": {"n_pairs": len(pairs), **_means(pairs, keys),
+                                        "by_visible_size": _by_size(pairs, keys)}}
 
 
 def _zeroshot_summary(run: _Run, sets: list[dict]) -> dict:
-    out: dict[str, Any] = {
+    keys = [f"{m}_{kind}" for m in ("top1", "top5", "macro") for kind in _KINDS] + ["delta"]
+    return {
         "class_modality": run.class_mod,
         "n_prototypes": int(len(run.proto_classes)) if run.proto_classes is not None else 0,
         "sets": sets,
+        "summary": {"n_sets": len(sets), **_means(sets, keys), "by_visible_size": _by_size(sets, keys)},
     }
-    for size in sorted({len(s["visible"]) for s in sets}):
-        group = [s for s in sets if len(s["visible"]) == size]
-        out[f"mean_visible_{size}"] = {
-            k: mean_or_none([s[k] for s in group])
-            for k in ("top1_cross", "top1_recon", "top1_inversion", "macro_cross", "macro_inversion")
-        }
-    return out
 
 
 def _probe_summary(sets: list[dict], label: str | None) -> dict:
-    out: dict[str, Any] = {"label": label, "sets": sets}
-    for f in PROBE_FEATURES:
-        out[f"mean_acc_{f}"] = mean_or_none([s[f"acc_{f}"] for s in sets])
-        out[f"mean_f1_{f}"] = mean_or_none([s[f"f1_{f}"] for s in sets])
-    return out
+    keys = [f"{m}_{f}" for m in ("acc", "f1") for f in PROBE_FEATURES]
+    return {"label": label, "sets": sets,
+            "summary": {"n_sets": len(sets), **_means(sets, keys), "by_visible_size": _by_size(sets, keys)}}
 
 
 def _uncertainty(run: _Run, test: _Split, subsets, next_sets, bar) -> tuple[dict, dict]:
@@ -487,12 +483,12 @@ def _claims(m: dict) -> dict:
             "holds": bool(cmp) and float(np.mean(cmp)) > 0.5,
         }
     if "probe" in m:
-        sets = [s for s in m["probe"]["sets"] if s["acc_recon"] is not None and s["acc_mu"] is not None]
+        sets = [s for s in m["probe"]["sets"] if s["acc_reconstruction"] is not None and s["acc_mu"] is not None]
         best_hidden = [max(s["acc_mu"], s["acc_tokens"] if s["acc_tokens"] is not None else 0) for s in sets]
-        cmp = [h > s["acc_recon"] for h, s in zip(best_hidden, sets, strict=True)]
+        cmp = [h > s["acc_reconstruction"] for h, s in zip(best_hidden, sets, strict=True)]
         out["hidden_probe_beats_reconstructed"] = {
             "n": len(cmp), "frac_better": mean_or_none(cmp),
-            "frac_mu_better": mean_or_none([s["acc_mu"] > s["acc_recon"] for s in sets]),
+            "frac_mu_better": mean_or_none([s["acc_mu"] > s["acc_reconstruction"] for s in sets]),
             "holds": bool(cmp) and float(np.mean(cmp)) > 0.5,
         }
     if "uncertainty" in m:

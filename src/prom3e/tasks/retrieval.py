@@ -25,20 +25,32 @@ from prom3e.tasks.common import l2n
 
 DELTA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 KS: tuple[int, ...] = (1, 5, 10)
-_BUDGET = 1 << 23  # score-matrix elements per chunk (32 MiB of float32)
+_BUDGET = 1 << 22  # score-matrix elements per chunk (16 MiB of float32)
 
 
 def _chunk_rows(n_gallery: int, n_views: int = 1) -> int:
     return max(1, _BUDGET // max(1, n_gallery * n_views))
 
 
-def _count_rank(scores: torch.Tensor, true_idx: torch.Tensor) -> torch.Tensor:
-    """``scores [..., c, G]``, ``true_idx [c]`` → 1-based ranks ``[..., c]``."""
-    true = scores.gather(-1, true_idx.expand(*scores.shape[:-1])[..., None])
-    col = torch.arange(scores.shape[-1], device=scores.device)
-    before = col < true_idx[:, None]
-    higher = (scores > true) | ((scores == true) & before)
-    return higher.sum(-1) + 1
+def _count_rank(scores: torch.Tensor, true_idx: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+    """``scores [c, G]``, ``true_idx [c]`` → 1-based ranks ``[c]`` (tie rule: module doc).
+
+    Counting in float arithmetic (4 passes) is several times faster than boolean sums:
+    with t = sign(score − true), #higher = (Σt + Σ|t|)/2 and #equal = G − Σ|t|.
+    """
+    c, g = scores.shape
+    true = scores.gather(1, true_idx[:, None])
+    work = torch.empty(c, g) if work is None else work[:c]
+    acc = torch.float64 if g >= 1 << 24 else torch.float32  # exact integer counts
+    t = torch.sub(scores, true, out=work).sign_()
+    s_sign = t.sum(1, dtype=acc)
+    s_abs = t.abs_().sum(1, dtype=acc)
+    higher = ((s_sign + s_abs) / 2).long()
+    tied = ((g - s_abs) > 1).nonzero()[:, 0]  # equal to the true score, besides itself: rare
+    if len(tied):
+        before = (scores[tied] == true[tied]) & (torch.arange(g) < true_idx[tied, None])
+        higher[tied] += before.sum(1)
+    return higher + 1
 
 
 def rank_of_true(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray,
@@ -70,25 +82,31 @@ def ranks_for_deltas(query: torch.Tensor | None, recon: torch.Tensor | None, gal
     computed once per chunk and mixed. ``query`` or ``recon`` may be ``None`` when every δ
     uses only the other (δ = 1 or δ = 0 respectively). ``gallery`` must be normalised.
     """
-    d = torch.tensor(list(deltas), dtype=torch.float32)[:, None, None]
     ref = query if query is not None else recon
     if ref is None:
         raise ValueError("need a query or a reconstruction")
-    if (query is None and bool((d != 1).any())) or (recon is None and bool((d != 0).any())):
+    if (query is None and any(d != 1 for d in deltas)) or (recon is None and any(d != 0 for d in deltas)):
         raise ValueError("a δ needs the input that is missing")
-    n, out = ref.shape[0], []
-    step = _chunk_rows(gallery.shape[0], len(deltas))
+    n, g = ref.shape[0], gallery.shape[0]
+    out = torch.empty(len(deltas), n, dtype=torch.long)
+    step = _chunk_rows(g)
+    buf = torch.empty(min(step, n), g)
+    work = torch.empty(min(step, n), g)
     for s in range(0, n, step):
         t = true_idx[s: s + step]
         a = query[s: s + step] @ gallery.T if query is not None else None
         b = recon[s: s + step] @ gallery.T if recon is not None else None
-        if a is None or b is None:
-            one = a if a is not None else b
-            scores = one.expand(len(deltas), *one.shape)
-        else:
-            scores = (1 - d) * a + d * b
-        out.append(_count_rank(scores, t))
-    return torch.cat(out, -1) if out else torch.zeros(len(deltas), 0, dtype=torch.long)
+        if a is not None and b is not None:
+            b -= a  # scores(δ) = a + δ·(b − a): one fused pass per δ
+        for i, d in enumerate(deltas):
+            if a is None or b is None:
+                scores = a if a is not None else b
+            elif d == 0:
+                scores = a
+            else:
+                scores = torch.add(a, b, alpha=float(d), out=buf[: len(t)])
+            out[i, s: s + step] = _count_rank(scores, t, work)
+    return out
 
 
 def _rank_faiss(q: torch.Tensor, g: torch.Tensor, t: torch.Tensor, max_rank: int) -> torch.Tensor:
@@ -168,7 +186,7 @@ def evaluate_pair(fit: PairData, test: PairData, grid: Sequence[float] = DELTA_G
     ranks = ranks_for_deltas(test.query, test.recon, test.gallery, test.true, deltas)
     out: dict = {"n_query": int(test.true.numel()), "n_gallery": int(test.gallery.shape[0]),
                  "delta": delta}
-    for name, r in zip(("cross", "recon", "inversion"), ranks, strict=True):
+    for name, r in zip(("cross", "reconstruction", "inversion"), ranks, strict=True):
         m = recall_metrics(r, ks)
         if name == "cross" and test.query is None:
             m = dict.fromkeys(m)

@@ -110,7 +110,7 @@ def evaluate_set(fit_query: torch.Tensor | None, fit_recon: torch.Tensor, fit_y:
     """Zero-shot metrics of one visible set: cross (δ = 0), recon (δ = 1), inversion (fit δ)."""
     delta, acc_grid = choose_delta_zeroshot(fit_query, fit_recon, protos, fit_y, proto_classes, grid)
     out: dict = {"n": len(test_y), "delta": delta}
-    for name, dlt in (("cross", 0.0), ("recon", 1.0), ("inversion", delta)):
+    for name, dlt in (("cross", 0.0), ("reconstruction", 1.0), ("inversion", delta)):
         if test_query is None:
             q = test_recon if name != "cross" else None
         else:

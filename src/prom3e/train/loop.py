@@ -127,6 +127,29 @@ def validation_r1(model: Prom3e, x: torch.Tensor, present: torch.Tensor, seed: i
     return out
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW as the training loop uses it: the fused kernel (one pass over all parameters)
+    where PyTorch has one for the device, else the multi-tensor ``foreach`` version."""
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             fused=fused or None, foreach=None if fused else True)
+
+
+def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, visible: torch.Tensor,
+                  targets: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig,
+                  device: torch.device, precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on one batch (forward under autocast, backward, AdamW)."""
+    with autocast(device, precision):
+        loss, stats = net(x, visible, targets, labels, kl_weight=cfg.kl_weight, noise=cfg.noise, dedup=cfg.dedup)
+    if not torch.isfinite(loss):
+        return loss, stats
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, stats
+
+
 class Trainer:
     def __init__(self, table: ModalTable, cfg: TrainConfig, run_dir: str | os.PathLike,
                  progress: bool = True):
@@ -149,8 +172,7 @@ class Trainer:
         self.model_cfg: Prom3eConfig = named_config(
             cfg.model, table.modalities, table.dims, **cfg.model_overrides)
         self.model = Prom3e(self.model_cfg).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                     eps=cfg.eps, weight_decay=cfg.weight_decay)
+        self.opt = make_optimizer(self.model, cfg)
         self.train_rows, self.val_rows = split_rows(len(table), cfg.val_fraction, cfg.seed)
         self.x = torch.from_numpy(table.padded())
         self.present = torch.from_numpy(table.present)
@@ -242,15 +264,11 @@ class Trainer:
                     g["lr"] = lr_at(self.step, steps_per_epoch, cfg)
                 x = self.x[idx].to(self.device, non_blocking=True)
                 lab = self.labels[idx].to(self.device) if self.labels is not None else None
-                with autocast(self.device, self.precision):
-                    loss, stats = net(x, visible.to(self.device), targets.to(self.device), lab,
-                                      kl_weight=cfg.kl_weight, noise=cfg.noise, dedup=cfg.dedup)
+                loss, stats = training_step(net, self.opt, x, visible.to(self.device), targets.to(self.device),
+                                            lab, cfg, self.device, self.precision)
                 if not torch.isfinite(loss):
                     raise Prom3eError(f"training diverged at epoch {self.epoch + 1} step {i} "
                                       f"(loss {loss.item()}); lower --lr or check the data")
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
                 self.step += 1
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -272,7 +290,7 @@ class Trainer:
                 if self.progress:
                     print(f"epoch {self.epoch}/{cfg.epochs}  loss {record['loss']:.4f}  "
                           f"val R@1 {record['val_r1_mean']:.3f}  ({record['seconds']:.1f}s)", flush=True)
-        summary = {"epochs": self.epoch, "best_val_r1_mean": self.best,
+        summary = {"epochs": self.epoch, "best_val_r1_mean": self.best, "rank": self.rank,
                    "parameters": self.model.n_params(), "precision": self.precision,
                    "device": str(self.device), "train_rows": len(self.train_rows),
                    "val_rows": len(self.val_rows)}
@@ -280,6 +298,8 @@ class Trainer:
             ckpt.write_json(self.run / "metrics.json", {**summary, "history": self.history})
             ckpt.write_json(self.run / "split.json", {"seed": self.cfg.seed,
                                                       "val_rows": self.val_rows.tolist()})
+        if self.distributed:
+            dist.barrier()
         return summary
 
 

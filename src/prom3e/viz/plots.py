@@ -56,7 +56,7 @@ def retrieval(pairs: list[dict], path: Path) -> Path:
     ax1.legend(fontsize=8)
     width = 0.25
     x = np.arange(len(sizes))
-    for j, (name, col) in enumerate((("cross", 0), ("recon", 1), ("inversion", 2))):
+    for j, (name, col) in enumerate((("cross", 0), ("reconstruction", 1), ("inversion", 2))):
         vals = [np.mean([p[f"r1_{name}"] for p in pairs if len(p["visible"]) == s
                          and p[f"r1_{name}"] is not None] or [np.nan]) for s in sizes]
         ax2.bar(x + (j - 1) * width, vals, width, color=PALETTE[col], label=name)
@@ -89,13 +89,23 @@ def sigma_violins(sig: dict[tuple[str, ...], np.ndarray], path: Path) -> Path:
     fig = _figure(7, max(3.0, 0.28 * len(items) + 1))
     ax = fig.subplots()
     if items:
-        parts = ax.violinplot([v for _, v in items], vert=False, showmedians=True, widths=0.85)
+        data = [v for _, v in items]
+        try:  # matplotlib ≥ 3.10
+            parts = ax.violinplot(data, orientation="horizontal", showmedians=True, widths=0.85)
+        except TypeError:
+            parts = ax.violinplot(data, vert=False, showmedians=True, widths=0.85)
         for body, (s, _) in zip(parts["bodies"], items, strict=True):
             body.set_facecolor(PALETTE[(len(s) - 1) % 10])
             body.set_alpha(0.7)
         ax.set_yticks(np.arange(1, len(items) + 1), [_label(s) for s, _ in items], fontsize=7)
+        ax.invert_yaxis()  # most certain on top
+        from matplotlib.patches import Patch
+
+        sizes = sorted({len(s) for s, _ in items})
+        ax.legend(handles=[Patch(color=PALETTE[(k - 1) % 10], alpha=0.7, label=f"{k} visible") for k in sizes],
+                  fontsize=8, loc="lower right")
     ax.set(xlabel="‖σ‖₁ of the posterior (lower = more certain)",
-           title="uncertainty per visible subset (colour = subset size)")
+           title="uncertainty per visible subset, most certain first")
     return _save(fig, path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,15 @@ from typing import Any
 import numpy as np
 
 from prom3e.data.table import atomic_write
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic write of a world-readable text file."""
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+        os.chmod(tmp, 0o644)
+
+    atomic_write(path, write)
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -49,13 +59,13 @@ def make_plots(out: Path, m: dict, extras: dict) -> dict[str, str]:
         plots.retrieval(m["retrieval"]["pairs"], out / "retrieval.png")
         figs["retrieval.png"] = "Retrieval R@1: modality inversion vs plain cross-modal"
     if m.get("zeroshot", {}).get("sets"):
-        plots.grouped_bars(m["zeroshot"]["sets"], ["top1_cross", "top1_recon", "top1_inversion"],
+        plots.grouped_bars(m["zeroshot"]["sets"], ["top1_cross", "top1_reconstruction", "top1_inversion"],
                            ["cross (δ=0)", "recon (δ=1)", "inversion"], "top-1 accuracy",
                            f"zero-shot against {m['zeroshot']['class_modality']} prototypes",
                            out / "zeroshot.png")
         figs["zeroshot.png"] = "Zero-shot top-1 accuracy per visible set"
     if m.get("probe", {}).get("sets"):
-        plots.grouped_bars(m["probe"]["sets"], ["acc_raw", "acc_mu", "acc_tokens", "acc_recon"],
+        plots.grouped_bars(m["probe"]["sets"], ["acc_raw", "acc_mu", "acc_tokens", "acc_reconstruction"],
                            ["raw", "hidden μ", "all tokens", "reconstructions"], "accuracy",
                            f"linear probe of '{m['probe']['label']}'", out / "probe.png")
         figs["probe.png"] = "Linear-probe accuracy per visible set and feature"
@@ -97,7 +107,13 @@ def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
                for k, c in enumerate(mods)},
         }))
     table = pa.concat_tables(parts)
-    atomic_write(out / "next_modality.csv", lambda tmp: pcsv.write_csv(table, tmp))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write((",".join(table.column_names) + "\n").encode())  # arrow would quote the header
+            pcsv.write_csv(table, fh, write_options=pcsv.WriteOptions(include_header=False))
+        os.chmod(tmp, 0o644)
+
+    atomic_write(out / "next_modality.csv", write)
     return "next_modality.csv"
 
 
@@ -147,17 +163,19 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
     if "retrieval" in m:
         r = m["retrieval"]
         parts.append("## 1. Retrieval: cross-modal (δ = 0), reconstruction (δ = 1), inversion (δ on fit)\n")
-        sizes = sorted(int(k.split("_")[-1]) for k in r if k.startswith("mean_visible_"))
+        by = r["summary"]["by_visible_size"]
         parts.append(_table(
-            ["visible", "R@1 cross", "R@1 recon", "R@1 inversion", "R@5 cross", "R@5 inversion", "mean δ"],
-            [[f"{k} modalities", *(r[f"mean_visible_{k}"][x] for x in
-              ("r1_cross", "r1_recon", "r1_inversion", "r5_cross", "r5_inversion", "delta"))] for k in sizes]))
+            ["visible", "pairs", "R@1 cross", "R@1 recon", "R@1 inversion", "R@5 cross", "R@5 inversion",
+             "mean δ"],
+            [[f"{k} modalities", by[k]["n"], *(by[k][f"{x}_mean"] for x in
+              ("r1_cross", "r1_reconstruction", "r1_inversion", "r5_cross", "r5_inversion", "delta"))]
+             for k in by]))
         fig("retrieval.png", ", galleries = distinct target embeddings of the test rows")
         parts.append("<details><summary>every pair</summary>\n\n" + _table(
             ["visible", "target", "n", "gallery", "δ", "R@1 cross", "R@1 recon", "R@1 inv", "R@5 cross",
              "R@5 inv", "R@10 inv", "med. rank cross", "med. rank inv"],
             [[_vis(p["visible"]), p["target"], p["n_query"], p["n_gallery"], p["delta"], p["r1_cross"],
-              p["r1_recon"], p["r1_inversion"], p["r5_cross"], p["r5_inversion"], p["r10_inversion"],
+              p["r1_reconstruction"], p["r1_inversion"], p["r5_cross"], p["r5_inversion"], p["r10_inversion"],
               p["median_rank_cross"], p["median_rank_inversion"]] for p in r["pairs"]]) + "\n</details>\n")
 
     if "zeroshot" in m:
@@ -167,7 +185,7 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
         parts.append(_table(
             ["visible", "n", "δ", "top-1 cross", "top-1 recon", "top-1 inversion", "top-5 inversion",
              "macro cross", "macro inversion"],
-            [[_vis(x["visible"]), x["n"], x["delta"], x["top1_cross"], x["top1_recon"], x["top1_inversion"],
+            [[_vis(x["visible"]), x["n"], x["delta"], x["top1_cross"], x["top1_reconstruction"], x["top1_inversion"],
               x["top5_inversion"], x["macro_cross"], x["macro_inversion"]] for x in z["sets"]]))
         fig("zeroshot.png", f", prototypes from {s['prototypes']}")
 
@@ -178,7 +196,8 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
             ["visible", "train", "test", "acc raw", "acc μ", "acc tokens", "acc recon", "F1 raw", "F1 μ",
              "F1 tokens", "F1 recon"],
             [[_vis(x["visible"]), x["n_train"], x["n_test"], x["acc_raw"], x["acc_mu"], x["acc_tokens"],
-              x["acc_recon"], x["f1_raw"], x["f1_mu"], x["f1_tokens"], x["f1_recon"]] for x in p["sets"]]))
+              x["acc_reconstruction"], x["f1_raw"], x["f1_mu"], x["f1_tokens"], x["f1_reconstruction"]]
+             for x in p["sets"]]))
         fig("probe.png")
 
     if "uncertainty" in m:
@@ -227,5 +246,5 @@ def write_outputs(out: Path, metrics: dict, run_extras: dict, plots: bool = True
     text = render(metrics, figs, command, csv)
     if plots and not figs:
         text += "\n*(matplotlib is not installed: no figures. `pip install prom3e[plot]`.)*\n"
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
+    write_text(out / "report.md", text)
     return figs

@@ -1,0 +1,101 @@
+"""``prom3e benchmark``: every missing-modality method on one table, same splits and budget."""
+
+from __future__ import annotations
+
+from prom3e.commands.common import add_common, subparser
+
+EXAMPLES = """\
+  prom3e synth --out synth.parquet
+  prom3e benchmark --data synth.parquet --label species --out bench/synth --epochs 20
+  prom3e benchmark --data synth.parquet --label species --methods prom3e,cmpt,zero-fill --seeds 0,1,2 --out b
+  prom3e benchmark --data t.parquet --label genus --etas 0.7,0.9 --train-missing eta --out b
+  prom3e benchmark --data t.parquet --label species --option moe-retriever.mode=weighted_mean --out b
+"""
+
+
+def add_parser(sub) -> None:
+    from prom3e.methods import METHODS
+
+    p = subparser(sub, "benchmark", "Compare ProM3E, CMPT, AOEPT, MoE-Retriever and baselines on a table.",
+                  EXAMPLES)
+    p.add_argument("--data", required=True, help="Parquet table (the data contract)")
+    p.add_argument("--label", required=True, help="metadata column to classify")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md, results.png")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default: all: {','.join(METHODS)})")
+    p.add_argument("--modalities", help="comma-separated subset of modality columns to use")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs of every method (default: 20)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--width", type=int, default=64, help="hidden width of every method (default: 64)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds: split + init (default: 0)")
+    p.add_argument("--etas", default="0.7,0.9", help="missing rates of the fixed-table protocol")
+    p.add_argument("--train-missing", choices=["natural", "eta"], default="natural",
+                   help="training split: its natural missingness, or a fixed table at the first η")
+    p.add_argument("--subset-cap", type=int, default=1000, help="test rows per visible set (default: 1000)")
+    p.add_argument("--max-rows", type=int, help="use a stratified subsample of this many rows")
+    p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a method option, e.g. moe-retriever.mode=weighted_mean, aoept.prompt_len=8")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true")
+    add_common(p, seed=False)
+    p.set_defaults(func=run)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    from prom3e.errors import Prom3eError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise Prom3eError(f"--{what}: expected comma-separated numbers, got '{text}'") from None
+
+
+def parse_options(items: list[str]) -> dict[str, dict]:
+    import yaml
+
+    from prom3e.errors import Prom3eError
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise Prom3eError(f"--option '{item}': expected METHOD.KEY=VALUE")
+        out.setdefault(method, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from prom3e.data.table import read_table
+    from prom3e.errors import Prom3eError
+    from prom3e.methods import METHODS, FitConfig
+    from prom3e.methods.benchmark import BenchConfig, run_benchmark, write_outputs
+    from prom3e.runtime import resolve_device
+    from prom3e.tasks.common import encode_labels, stratified_subsample
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    resolve_device(args.device)  # fail early on --device cuda without CUDA
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    options = parse_options(args.option)
+    bad = [m for m in options if m not in METHODS]
+    if bad:
+        raise Prom3eError(f"--option for unknown method '{bad[0]}' (have: {', '.join(METHODS)})")
+    seeds = [int(s) for s in _floats(args.seeds, "seeds")]
+    table = read_table(args.data, args.modalities.split(",") if args.modalities else None)
+    if args.max_rows and args.max_rows < len(table):
+        codes, _ = encode_labels(table.label(args.label))
+        table = table.take(stratified_subsample(np.arange(len(table)), codes, args.max_rows, 0))
+    cfg = BenchConfig(methods=methods, seeds=seeds, etas=_floats(args.etas, "etas"), train_missing=args.train_missing,
+                      subset_cap=args.subset_cap, method_options=options,
+                      fit=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, width=args.width,
+                                    device=args.device, progress=False))
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    results = run_benchmark(table, args.label, cfg, log)
+    paths = write_outputs(results, args.out)
+    if not args.quiet:
+        print(f"done in {results['config']['total_seconds']:.0f}s → " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,125 @@
+"""``prom3e evaluate``: retrieval, zero-shot, probing, uncertainty and gap of a trained run."""
+
+from __future__ import annotations
+
+from prom3e.commands.common import add_common, subparser
+
+EXAMPLES = """\
+  prom3e evaluate --model runs/synth --data test.parquet --label species --out eval/
+  prom3e evaluate --model runs/synth --data test.parquet --label species --out eval/ \\
+      --visible image --visible image+loc --targets text,sat --tasks retrieval,zeroshot
+  prom3e evaluate --model runs/synth --data test.parquet --out eval/ --tasks retrieval,gap
+  prom3e evaluate --model runs/ucsc --data ucsc.parquet --label species --out eval/ \\
+      --class-modality text --class-prototypes class_texts.parquet
+
+writes OUT/metrics.json (keys: docs/EVALUATION.md), OUT/report.md and PNG figures.
+"""
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def add_parser(sub) -> None:
+    p = subparser(sub, "evaluate", "Evaluate a trained model: retrieval (modality inversion), zero-shot, "
+                  "linear probes, uncertainty, modality gap.", EXAMPLES)
+    p.add_argument("--model", required=True, help="run folder written by 'prom3e train'")
+    p.add_argument("--data", required=True, help="Parquet table to evaluate on (held-out rows)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--label", help="label column (zero-shot, probes, stratified split)")
+    p.add_argument("--modalities", help="comma-separated modalities to use (default: all in the table)")
+    p.add_argument("--visible", action="append", metavar="A+B",
+                   help="a visible set, modalities joined by '+'; repeat for several "
+                        "(default: every set of 1..--max-visible modalities)")
+    p.add_argument("--max-visible", type=int, default=2, help="largest default visible set (default: 2)")
+    p.add_argument("--targets", help="comma-separated retrieval targets (default: every modality)")
+    p.add_argument("--class-modality", default="auto",
+                   help="modality holding one embedding per class for zero-shot: a name, 'auto' "
+                        "(detect; default) or 'none'")
+    p.add_argument("--class-prototypes", metavar="FILE",
+                   help="Parquet with the label column and the class modality, one row per class "
+                        "(default: the prototypes found in --data)")
+    p.add_argument("--tasks", default="retrieval,zeroshot,probe,uncertainty,gap",
+                   help="comma-separated tasks to run (default: all)")
+    p.add_argument("--fit-frac", type=float, default=0.5,
+                   help="share of each class used to choose δ and fit probes (default: 0.5)")
+    p.add_argument("--max-fit", type=int, default=2000, help="cap on fit rows (default: 2000; 0 = none)")
+    p.add_argument("--max-test", type=int, default=2000, help="cap on test rows (default: 2000; 0 = none)")
+    p.add_argument("--max-subset-size", type=int, default=3,
+                   help="largest visible subset in the uncertainty study (default: 3)")
+    p.add_argument("--batch-size", type=int, default=1024, help="model batch size (default: 1024)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from prom3e.api import Fuser
+    from prom3e.data.table import read_table
+    from prom3e.errors import Prom3eError
+    from prom3e.tasks.evaluate import evaluate
+
+    for name in ("max_visible", "max_subset_size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise Prom3eError(f"--{name.replace('_', '-')} must be ≥ 1")
+    fuser = Fuser.load(args.model, device=args.device)
+    table = read_table(args.data)
+    visible = [[v for v in s.split("+") if v] for s in args.visible] if args.visible else None
+    cm = None if args.class_modality == "none" else args.class_modality
+    command = _command_line(args)
+    metrics = evaluate(
+        fuser, table, label=args.label, out_dir=args.out, modalities=_csv(args.modalities),
+        visible=visible, targets=_csv(args.targets), max_visible=args.max_visible,
+        class_modality=cm, class_prototypes=args.class_prototypes, tasks=_csv(args.tasks) or [],
+        seed=args.seed, fit_frac=args.fit_frac, max_fit=args.max_fit or None,
+        max_test=args.max_test or None, max_subset_size=args.max_subset_size,
+        batch_size=args.batch_size, plots=not args.no_plots, progress=not args.quiet, command=command,
+    )
+    print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
+    for line in headline(metrics):
+        print("  " + line)
+    return 0
+
+
+def _command_line(args) -> str:
+    """The command as given (canonical order, non-default options only), for the report."""
+    import shlex
+
+    parts = ["prom3e", "evaluate", "--model", args.model, "--data", args.data, "--out", args.out]
+    defaults = {"max_visible": 2, "class_modality": "auto", "fit_frac": 0.5, "max_fit": 2000,
+                "max_test": 2000, "max_subset_size": 3, "batch_size": 1024, "seed": 0, "device": "auto",
+                "tasks": "retrieval,zeroshot,probe,uncertainty,gap"}
+    for name in ("label", "modalities", "targets", "max_visible", "class_modality", "class_prototypes",
+                 "tasks", "fit_frac", "max_fit", "max_test", "max_subset_size", "batch_size", "seed", "device"):
+        v = getattr(args, name)
+        if v is not None and v != defaults.get(name):
+            parts += [f"--{name.replace('_', '-')}", str(v)]
+    for v in args.visible or []:
+        parts += ["--visible", v]
+    parts += [f for f, on in (("--no-plots", args.no_plots), ("--quiet", args.quiet)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def headline(metrics: dict) -> list[str]:
+    """The numbers worth a line on the terminal."""
+    lines = []
+    r = metrics.get("retrieval", {}).get("summary")
+    if r and r.get("r1_inversion_mean") is not None:
+        lines.append(f"retrieval mean R@1 over {r['n_pairs']} pairs: cross {_f(r['r1_cross_mean'])}, "
+                     f"reconstruction {_f(r['r1_reconstruction_mean'])}, inversion {_f(r['r1_inversion_mean'])}")
+    z = metrics.get("zeroshot", {}).get("summary")
+    if z and z.get("top1_inversion_mean") is not None:
+        lines.append(f"zero-shot mean top-1 over {z['n_sets']} visible sets: cross {_f(z['top1_cross_mean'])}, "
+                     f"inversion {_f(z['top1_inversion_mean'])}")
+    p = metrics.get("probe", {}).get("summary")
+    if p and p.get("acc_mu_mean") is not None:
+        lines.append(f"probe mean accuracy: raw {_f(p['acc_raw_mean'])}, μ {_f(p['acc_mu_mean'])}, "
+                     f"tokens {_f(p['acc_tokens_mean'])}, reconstructions {_f(p['acc_reconstruction_mean'])}")
+    for name, c in metrics.get("claims", {}).items():
+        lines.append(f"claim {name}: {'holds' if c.get('holds') else 'does not hold'}")
+    return lines
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}"

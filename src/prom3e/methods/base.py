@@ -1,0 +1,226 @@
+"""The shared interface of the missing-modality methods, and the pieces they share.
+
+Every method works on per-modality embeddings (the data contract): a :class:`ModalTable`
+plus a ``visible bool[N, M]`` mask saying which modalities a method may look at. A method
+
+- ``fit(train, y, n_classes)`` on the training split only (labels are ``int64`` codes),
+- ``predict_proba(table, visible) → float32[N, C]``,
+- ``estimate(table, visible, target) → (estimate [N, k], real [N, k]) | None``: its
+  representation of a (hidden) modality and the real modality in the same space, for the
+  reconstruction R@1 and NM²I metrics (``None``: the method has no such estimate).
+
+:class:`TorchMethod` holds the one training loop (AdamW, seeded order and masks, training
+-time modality dropout shared by all methods so that the budget and augmentation are the
+same), and the vectorised per-modality layers.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prom3e.data.table import ModalTable
+from prom3e.errors import Prom3eError
+
+
+@dataclass
+class FitConfig:
+    """Training budget and shared architecture knobs (the same for every method in a benchmark)."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    width: int = 64  # hidden width E of every method
+    drop_prob: float = 0.5  # training-time dropout of each present modality (≥ 1 kept)
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.width < 4:
+            raise Prom3eError("epochs must be ≥ 1, batch_size ≥ 2 and width ≥ 4")
+        if not 0.0 <= self.drop_prob < 1.0:
+            raise Prom3eError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)  # NumPy randomness in the methods uses explicit seeded Generators
+    return torch.Generator().manual_seed(seed)
+
+
+def drop_modalities(present: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Drop each present modality with probability ``p``; every row keeps ≥ 1 (its top score)."""
+    scores = torch.rand(present.shape, generator=generator)
+    keep = present & (scores >= p)
+    best = scores.masked_fill(~present, -1.0).argmax(1)
+    keep[torch.arange(len(present)), best] |= present.any(1)
+    return keep
+
+
+class ModalityLinear(nn.Module):
+    """One ``Linear(d_m → out)`` per modality as one einsum over stacked weights.
+
+    Inputs are zero-padded to ``Dmax``: the padding meets weights that never matter.
+    """
+
+    def __init__(self, dims: list[int], out: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(len(dims), max(dims), out) / np.sqrt(max(dims)))
+        scale = torch.tensor([np.sqrt(max(dims) / d) for d in dims], dtype=torch.float32)
+        with torch.no_grad():
+            self.weight.mul_(scale[:, None, None])
+        self.bias = nn.Parameter(torch.zeros(len(dims), out)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, M, Dmax] → [B, M, out]
+        y = torch.einsum("bmd,mde->bme", x, self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
+def mlp(i: int, h: int, o: int, dropout: float = 0.1) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(i), nn.Linear(i, h), nn.GELU(), nn.Dropout(dropout), nn.Linear(h, o))
+
+
+class Method(abc.ABC):
+    """A missing-modality classifier (see the module docstring for the contract)."""
+
+    name: str = "?"
+
+    def __init__(self, cfg: FitConfig | None = None):
+        self.cfg = cfg or FitConfig()
+        self.cfg.validate()
+        self.modalities: list[str] = []
+        self.dims: list[int] = []
+        self.n_classes = 0
+
+    # --- contract checks -----------------------------------------------------------------
+    def _remember(self, train: ModalTable, y: np.ndarray, n_classes: int | None) -> np.ndarray:
+        y = np.asarray(y)
+        if len(y) != len(train):
+            raise Prom3eError(f"{len(y)} labels for {len(train)} training rows")
+        if not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+            raise Prom3eError("labels must be non-negative integer class codes")
+        if not 2 <= len(train.modalities) <= 64:
+            raise Prom3eError(f"need 2..64 modalities, got {len(train.modalities)}")
+        self.modalities, self.dims = list(train.modalities), list(train.dims)
+        self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
+        if self.n_classes < 2 or y.max() >= self.n_classes:
+            raise Prom3eError(f"need ≥ 2 classes and labels < n_classes ({self.n_classes})")
+        return y.astype(np.int64)
+
+    def _inputs(self, table: ModalTable, visible: np.ndarray | None) -> tuple[Tensor, Tensor]:
+        """``(x [N, M, Dmax], visible bool[N, M])`` after checking the schema and the mask."""
+        if not self.modalities:
+            raise Prom3eError(f"{self.name}: call fit() before predicting")
+        if table.modalities != self.modalities or table.dims != self.dims:
+            have = ", ".join(f"{n}:{d}" for n, d in zip(table.modalities, table.dims, strict=True))
+            want = ", ".join(f"{n}:{d}" for n, d in zip(self.modalities, self.dims, strict=True))
+            raise Prom3eError(f"{self.name}: table modalities ({have}) differ from the training table's ({want})")
+        vis = table.present if visible is None else np.asarray(visible, bool)
+        if vis.shape != table.present.shape:
+            raise Prom3eError(f"visible mask has shape {vis.shape}, want {table.present.shape}")
+        if (vis & ~table.present).any():
+            raise Prom3eError("visible mask marks a modality that the table lacks")
+        if not vis.any(1).all():
+            raise Prom3eError(f"{int((~vis.any(1)).sum())} row(s) have no visible modality")
+        return torch.from_numpy(table.padded()), torch.from_numpy(vis)
+
+    # --- the interface -------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None) -> Method: ...
+
+    @abc.abstractmethod
+    def predict_proba(self, table: ModalTable, visible: np.ndarray | None = None) -> np.ndarray: ...
+
+    def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(Estimate of modality ``target`` from the visible ones, real ``target`` in that space)."""
+        return None
+
+
+class TorchMethod(Method):
+    """A method trained end to end with the shared loop; subclasses build ``self.net``."""
+
+    net: nn.Module
+
+    @abc.abstractmethod
+    def build(self, train: ModalTable, y: np.ndarray) -> nn.Module:
+        """Create the network (the training table is available for prototypes or pools)."""
+
+    @abc.abstractmethod
+    def loss(self, x: Tensor, visible: Tensor, present: Tensor, y: Tensor, rows: Tensor
+             ) -> tuple[Tensor, dict[str, float]]:
+        """Training loss of one batch; ``present`` is the truth, ``rows`` the training-row ids."""
+
+    @abc.abstractmethod
+    def logits(self, x: Tensor, visible: Tensor) -> Tensor: ...
+
+    def on_epoch(self, epoch: int) -> None:
+        """Called before each epoch (e.g. to end a warm-up)."""
+
+    @property
+    def device(self) -> torch.device:
+        from prom3e.runtime import resolve_device
+
+        return resolve_device(self.cfg.device)
+
+    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None) -> TorchMethod:
+        y = self._remember(train, y, n_classes)
+        cfg, dev = self.cfg, self.device
+        gen = seed_everything(cfg.seed)
+        self.net = self.build(train, y).to(dev)
+        x, present = torch.from_numpy(train.padded()), torch.from_numpy(train.present)
+        yt = torch.from_numpy(y)
+        opt = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad],
+                                lr=cfg.lr, weight_decay=cfg.weight_decay)
+        n = len(train)
+        steps = max(1, -(-n // cfg.batch_size))
+        total, warm = cfg.epochs * steps, max(1, cfg.epochs * steps // 20)
+        sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 1 %
+            opt, lambda s: (s + 1) / warm if s < warm else 0.01 + 0.495 * (1 + np.cos(np.pi * (s - warm) / total)))
+        self.history: list[dict[str, float]] = []
+        for epoch in range(cfg.epochs):
+            self.on_epoch(epoch)
+            self.net.train()
+            order = torch.randperm(n, generator=gen)
+            sums: dict[str, float] = {}
+            for i in range(steps):
+                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                if len(idx) < 2:
+                    continue
+                vis = drop_modalities(present[idx], cfg.drop_prob, gen)
+                loss, stats = self.loss(x[idx].to(dev), vis.to(dev), present[idx].to(dev), yt[idx].to(dev),
+                                        idx.to(dev))
+                if not torch.isfinite(loss):
+                    raise Prom3eError(f"{self.name}: training diverged at epoch {epoch + 1} (loss {loss.item()})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            self.history.append({k: v / steps for k, v in sums.items()})
+            if cfg.progress:
+                print(f"  {self.name} epoch {epoch + 1}/{cfg.epochs} " +
+                      " ".join(f"{k} {v:.3f}" for k, v in self.history[-1].items()), flush=True)
+        self.net.eval()
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, table: ModalTable, visible: np.ndarray | None = None,
+                      batch_size: int = 2048) -> np.ndarray:
+        x, vis = self._inputs(table, visible)
+        self.net.eval()
+        out = [F.softmax(self.logits(x[i:i + batch_size].to(self.device), vis[i:i + batch_size].to(self.device))
+                         .float(), -1).cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy()
+
+
+def classification_loss(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits.float(), y)

@@ -1,0 +1,132 @@
+"""CMPT — cross-modal proxy tokens, on per-modality embeddings.
+
+Paper: frozen unimodal encoders with rank-1 LoRA; for each missing modality b, a learnable
+proxy token is appended to an available modality's token sequence and the encoder's output
+there approximates b's class token; loss = task + 0.2·align(proxy, stop-grad real b) where
+b is present; gated fusion → classifier.
+
+Here: each modality's "encoder" is a frozen random projection ``d_m → E`` with a trainable
+rank-``r`` LoRA residual (``x·W + x·A·B``, B initialised to zero). For every modality b a
+learnable proxy query attends (one multi-head attention layer + FFN, post-LN) over the
+projected embeddings of the *visible* modalities other than b (plus a learned null key, so
+a row with b as its only visible modality still gets a proxy). The alignment loss
+``1 − cos(proxy_b, stop_grad(h_b))`` is averaged over the (row, b) pairs where b is
+present in the data (the training-time modality dropout provides the missing cases).
+Fusion: each modality's vector is its projection when visible, its proxy otherwise; a
+softmax gate over modalities weights them; an MLP classifies the sum.
+
+What differs from the paper on global embeddings: the proxy cannot interact with the
+available modality's *token sequence* inside a deep encoder (there is one vector per
+modality), so it is a single cross-attention over pooled embeddings rather than a token
+refined through every encoder layer; LoRA adapts one projection rather than the attention
+weights of each layer; and one proxy query serves b whichever modality is available
+(the paper learns it per available-modality encoder).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prom3e.data.table import ModalTable
+from prom3e.methods.base import FitConfig, TorchMethod, classification_loss, mlp
+
+
+class LoraProjection(nn.Module):
+    """Frozen per-modality projection plus a trainable rank-r residual."""
+
+    def __init__(self, dims: list[int], out: int, rank: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        m, dmax = len(dims), max(dims)
+        scale = torch.tensor([1 / np.sqrt(d) for d in dims], dtype=torch.float32)[:, None, None]
+        self.register_buffer("frozen", torch.randn(m, dmax, out, generator=g) * scale)  # not a parameter
+        self.a = nn.Parameter(torch.randn(m, dmax, rank, generator=g) * scale)
+        self.b = nn.Parameter(torch.zeros(m, rank, out))
+        self.bias = nn.Parameter(torch.zeros(m, out))
+        self.norm = nn.LayerNorm(out)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, M, Dmax] → [B, M, E]
+        base = torch.einsum("bmd,mde->bme", x, self.frozen)
+        low = torch.einsum("bmr,mre->bme", torch.einsum("bmd,mdr->bmr", x, self.a), self.b)
+        return self.norm(base + low + self.bias)
+
+
+class CmptNet(nn.Module):
+    def __init__(self, dims: list[int], width: int, n_classes: int, rank: int, heads: int, seed: int):
+        super().__init__()
+        m, e = len(dims), width
+        self.heads = heads
+        self.project = LoraProjection(dims, e, rank, seed)
+        self.modality = nn.Parameter(torch.randn(m, e) * 0.02)
+        self.proxy = nn.Parameter(torch.randn(m, e) * 0.02)  # one learnable proxy query per modality
+        self.null = nn.Parameter(torch.zeros(1, e))  # always-visible key
+        self.q, self.k, self.v, self.o = (nn.Linear(e, e) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(e), nn.LayerNorm(e)
+        self.ffn = nn.Sequential(nn.Linear(e, 2 * e), nn.GELU(), nn.Linear(2 * e, e))
+        self.gate = nn.Linear(e, 1)
+        self.head = mlp(e, 4 * e, n_classes)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The (LoRA-adapted) projection of every modality: the real embedding h [B, M, E]."""
+        return self.project(x)
+
+    def proxies(self, h: Tensor, visible: Tensor) -> Tensor:
+        """Proxy of every modality b from the visible modalities other than b: [B, M, E]."""
+        b, m, e = h.shape
+        keys = torch.cat([self.null.expand(b, 1, e), h + self.modality], 1)  # [B, 1 + M, E]
+        ok = visible[:, None, :] & ~torch.eye(m, dtype=torch.bool, device=h.device)  # query b never sees b
+        ok = torch.cat([ok.new_ones(b, m, 1), ok], 2)[:, None]  # [B, 1, M, 1 + M]
+        split = lambda t: t.unflatten(-1, (self.heads, e // self.heads)).transpose(-3, -2)  # noqa: E731
+        q = split(self.q(self.proxy + self.modality)).expand(b, -1, -1, -1)
+        att = F.scaled_dot_product_attention(q, split(self.k(keys)), split(self.v(keys)), attn_mask=ok)
+        p = self.ln1(self.proxy + self.o(att.transpose(1, 2).flatten(2)))
+        return self.ln2(p + self.ffn(p))
+
+    def forward(self, x: Tensor, visible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits, real h, proxies)."""
+        h = self.embed(x)
+        p = self.proxies(h, visible)
+        v = torch.where(visible[..., None], h, p)
+        g = F.softmax(self.gate(v).squeeze(-1), 1)  # gated fusion over modalities
+        return self.head((g[..., None] * v).sum(1)), h, p
+
+
+def alignment_loss(h: Tensor, proxies: Tensor, present: Tensor) -> Tensor:
+    """``1 − cos(proxy_b, stop_grad(h_b))`` averaged over the pairs where b is present."""
+    target = h.detach()  # stop-gradient: the proxy moves toward the real embedding, not back
+    cos = F.cosine_similarity(proxies, target, dim=-1)
+    w = present.float()
+    return ((1 - cos) * w).sum() / w.sum().clamp_min(1)
+
+
+class Cmpt(TorchMethod):
+    name = "cmpt"
+
+    def __init__(self, cfg: FitConfig | None = None, rank: int = 1, heads: int = 4, align_weight: float = 0.2):
+        super().__init__(cfg)
+        self.rank, self.heads, self.align_weight = rank, heads, align_weight
+
+    def build(self, train: ModalTable, y: np.ndarray) -> nn.Module:
+        heads = self.heads if self.cfg.width % self.heads == 0 else 1
+        return CmptNet(self.dims, self.cfg.width, self.n_classes, self.rank, heads, self.cfg.seed)
+
+    def loss(self, x, visible, present, y, rows):
+        logits, h, p = self.net(x, visible)
+        task = classification_loss(logits, y)
+        align = alignment_loss(h, p, present)
+        return task + self.align_weight * align, {"task": task.item(), "align": align.item()}
+
+    def logits(self, x: Tensor, visible: Tensor) -> Tensor:
+        return self.net(x, visible)[0]
+
+    @torch.no_grad()
+    def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int):
+        x, vis = self._inputs(table, visible)
+        outs = []
+        for i in range(0, len(x), 4096):
+            _, h, p = self.net(x[i:i + 4096].to(self.device), vis[i:i + 4096].to(self.device))
+            outs.append((p[:, target].cpu(), h[:, target].cpu()))
+        return torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()

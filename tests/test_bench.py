@@ -1,0 +1,54 @@
+"""The benchmark suite's pieces: FLOP formulas, the reference structure, retrieval, the command."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from prom3e.bench import flops
+from prom3e.bench.e2e import time_to_quality
+from prom3e.bench.reference import RefProm3e, reference_params
+from prom3e.bench.retrieval import exact_topk
+from prom3e.cli import main
+
+
+def test_flop_formulas_at_the_paper_shape():
+    s = flops.Shape()  # 6 × 512, E = 1024, depth 1, 4 registers, 1.1 visible, batch 1024
+    ours, ref = flops.train_flops(flops.ours_forward(s)), flops.train_flops(flops.reference_forward(s))
+    assert 140e6 < ours < 160e6 and 480e6 < ref < 500e6
+    assert flops.encode_flops(s, ours=False) / flops.encode_flops(s) > 4
+
+
+def test_reference_structure_has_the_papers_size_and_trains():
+    assert abs(reference_params(RefProm3e()) - 27.3e6) < 0.1e6
+    m = RefProm3e(n_mod=3, in_dim=8, embed_dim=16, mlp_dim=32, registers=2, heads=2)
+    xs = [F.normalize(torch.randn(5, 8), dim=-1) for _ in range(3)]
+    loss = m(xs, [0, 2])
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_exact_topk_matches_brute_force_across_chunks():
+    g = F.normalize(torch.randn(1000, 16), dim=-1)
+    q = F.normalize(torch.randn(7, 16), dim=-1)
+    s, i = exact_topk(q, g, k=5, chunk=128)
+    want = (q @ g.T).topk(5, dim=1)
+    torch.testing.assert_close(s, want.values)
+    assert torch.equal(i, want.indices)
+
+
+def test_time_to_quality_reads_the_log():
+    log = [{"epoch": e, "seconds": 10.0, "val_r1_mean": v} for e, v in enumerate([0.2, 0.5, 0.595, 0.6], 1)]
+    t = time_to_quality(log)
+    assert t["epoch"] == 3 and t["seconds"] == 30.0 and t["final_val_r1"] == 0.6
+
+
+def test_bench_train_command_prints_json_last(capsys):
+    assert main(["bench", "train", "--config", "tiny", "--batch", "32", "--repeats", "1", "--threads", "2"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    r = json.loads(last)
+    for key in ("samples_per_s", "flops_per_sample", "matmul_gflops", "fraction_of_matmul", "peak_rss_mb"):
+        assert key in r
+    assert r["config"] == "tiny" and r["batch"] == 32 and r["threads"] == 2
