@@ -61,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None)
     p.add_argument("--aligned", action="store_true", help="use bench/out/ucsc_aligned.parquet (image, date)")
     p.add_argument("--out", default=str(OUT / "ucsc"))
+    p.add_argument("--rebuild", action="store_true", help="rebuild the table even if it exists")
     args, rest = p.parse_known_args(argv)
     if args.aligned:
         path, mods = OUT / "ucsc_aligned.parquet", ["image", "date"]
     else:
         path, mods = OUT / "ucsc_plants_table.parquet", None
-        write_parquet(build_table(), path)
+        if args.rebuild or not path.exists():  # deterministic: built once, reused by later (parallel) runs
+            write_parquet(build_table(), path)
     cmd = ["benchmark", "--data", str(path), "--label", args.label, "--epochs", args.epochs, "--seeds", args.seeds,
            "--out", args.out, *rest]
     if mods:

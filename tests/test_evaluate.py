@@ -96,13 +96,14 @@ def test_deterministic_with_a_real_model(table, tmp_path):
 
     torch.manual_seed(0)
     fuser = Fuser(Prom3e(named_config("tiny", table.modalities, table.dims)))
-    kw = dict(label="species", visible=[["image"], ["loc"], ["image", "loc"]], max_subset_size=2, seed=3)
+    kw = dict(label="species", visible=[["image"], ["image", "loc"]], targets=["loc", "text"],
+              max_subset_size=2, max_fit=300, max_test=300, seed=3)
     a = evaluate(fuser, table, out_dir=tmp_path / "a", **kw)
     b = evaluate(fuser, table, out_dir=tmp_path / "b", **kw)
     assert a == b
     for f in ("metrics.json", "report.md", "next_modality.csv"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
-    c = evaluate(fuser, table, **{**kw, "seed": 4}, plots=False)
+    c = evaluate(fuser, table, **{**kw, "seed": 4}, tasks=["retrieval"])
     assert c["settings"]["seed"] == 4 and c["retrieval"] != a["retrieval"]
 
 
@@ -140,6 +141,13 @@ def test_restrictions(table):
     assert "zeroshot" not in m and "gap" not in m and set(m["claims"]) == {
         "inversion_beats_cross_r1", "hidden_probe_beats_reconstructed"}
     assert m["settings"]["n_test"] == 300 and m["settings"]["n_fit"] == 300
+    split = table.take(np.arange(len(table)))
+    split.meta["part"] = np.where(np.arange(len(table)) % 3 == 0, "test", "train")
+    own = evaluate(fuser, split, label="species", split_column="part", tasks=["retrieval"], max_fit=None,
+                   max_test=None, visible=[["image"]], targets=["loc"])
+    assert own["settings"]["n_test"] == 300 and own["settings"]["n_fit"] == 600
+    with pytest.raises(Prom3eError, match="split column 'species'"):
+        evaluate(fuser, split, label="species", split_column="species")
     none = evaluate(fuser, table, label="species", class_modality=None, tasks=["zeroshot"])
     assert none["zeroshot"]["sets"] == [] and none["settings"]["class_modality"] is None
 
@@ -188,23 +196,19 @@ def test_works_without_matplotlib(table, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_end_to_end(tmp_path):
+def test_cli_end_to_end(tiny_run, small_parquet, tmp_path):
     from prom3e.cli import main
 
-    data = tmp_path / "t.parquet"
-    assert main(["synth", "--out", str(data), "--n", "1500", "--seed", "1"]) == 0
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--model", "tiny", "--epochs", "1",
-                 "--quiet", "--device", "cpu"]) == 0
     out = tmp_path / "eval"
-    rc = main(["evaluate", "--model", str(run), "--data", str(data), "--label", "species", "--out", str(out),
-               "--visible", "image", "--visible", "image+loc", "--max-subset-size", "2", "--quiet",
-               "--device", "cpu"])
+    rc = main(["evaluate", "--model", str(tiny_run), "--data", str(small_parquet), "--label", "species",
+               "--out", str(out), "--visible", "image", "--visible", "image+loc", "--max-subset-size", "2",
+               "--quiet", "--device", "cpu"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert [p["visible"] for p in m["retrieval"]["pairs"]][:1] == [["image"]]
     assert all(0 <= p["r1_inversion"] <= 1 for p in m["retrieval"]["pairs"])
+    assert m["settings"]["class_modality"] == "text" and m["zeroshot"]["sets"]
     report = (out / "report.md").read_text()
     assert "Command: `prom3e evaluate --model" in report and "--visible image+loc" in report
-    assert main(["evaluate", "--model", str(run), "--data", str(data), "--out", str(out),
+    assert main(["evaluate", "--model", str(tiny_run), "--data", str(small_parquet), "--out", str(out),
                  "--visible", "radar"]) == 2

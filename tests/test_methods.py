@@ -12,7 +12,8 @@ from prom3e.methods import METHODS, create
 from prom3e.methods.base import FitConfig, drop_modalities
 
 FAST = FitConfig(epochs=1, batch_size=64, width=16)
-SMALL = {"moe-retriever": {"tokens": 2, "token_dim": 16}, "aoept": {"n_prototypes": 8}}  # keep tests fast
+SMALL = {"moe-retriever": {"tokens": 2, "token_dim": 16}, "aoept": {"n_prototypes": 8},  # keep tests fast
+         "aoept-prom3e": {"n_prototypes": 8}}
 
 
 def make_table(n: int, dims: list[int], n_classes: int = 4, missing: float = 0.4, seed: int = 0,
@@ -160,3 +161,81 @@ def test_same_seed_same_predictions() -> None:
     a = create("cmpt", FAST).fit(table, y, 4).predict_proba(table)
     b = create("cmpt", FAST).fit(table, y, 4).predict_proba(table)
     assert np.allclose(a, b, atol=1e-6)
+
+
+def test_prom3e_budget_split_and_finetuning_updates_the_encoder() -> None:
+    from prom3e.methods.prom3e_method import split_epochs
+
+    assert split_epochs(20, 0.5) == (10, 10) and split_epochs(10, 0.3) == (3, 7)
+    assert split_epochs(2, 0.9) == (1, 1) and split_epochs(1, 0.5) == (1, 1)  # both phases ≥ 1
+    for epochs in range(2, 30):
+        assert sum(split_epochs(epochs, 0.5)) == epochs  # total budget = the other methods' epochs
+    table, y = make_table(160, [5, 7, 4])
+    cfg = FitConfig(epochs=4, batch_size=64, width=16)
+    m = create("prom3e", cfg)
+    m.fit(table, y, 4)
+    assert m.cfg.epochs == 4 and len(m.history) == 2  # 2 pre-training + 2 fine-tuning epochs
+    assert "aux" in m.history[0]  # ProM3E's own masked-reconstruction loss as the auxiliary
+    assert m.net.encoder is m.encoder and all(p.requires_grad for p in m.encoder.parameters())
+    start = create("prom3e", cfg)
+    start._train_fusion(table, y.astype(np.int64))  # the same seed: the pre-trained encoder before fine-tuning
+    moved = [not torch.equal(a, b) for a, b in zip(m.encoder.state_dict().values(),
+                                                    start.encoder.state_dict().values(), strict=True)]
+    assert any(moved)
+
+
+def test_prom3e_frozen_option_keeps_the_encoder() -> None:
+    table, y = make_table(160, [5, 7])
+    m = create("prom3e", FitConfig(epochs=2, batch_size=64, width=16), finetune=False)
+    m.fit(table, y, 4)
+    assert len(m.history) == 2 and not any(p.requires_grad for p in m.encoder.parameters())
+    before = {k: v.clone() for k, v in m.encoder.state_dict().items()}
+    m.predict_proba(table)
+    assert all(torch.equal(before[k], v) for k, v in m.encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_prompted_prom3e_matches_the_encoder_and_trains_only_prompts(depth: int) -> None:
+    from prom3e.methods.aoept import PromptedProm3e
+    from prom3e.models.prom3e import Prom3e, named_config
+
+    torch.manual_seed(0)
+    dims = [5, 7, 4]
+    model = Prom3e(named_config("tiny", ["a", "b", "c"], dims, depth=depth)).eval()
+    protos = np.random.default_rng(0).normal(size=(3, 6, 7)).astype(np.float32)
+    net = PromptedProm3e(model, 4, protos, np.ones((3, 6), bool), prompt_len=2, heads=2, reduction=16).eval()
+    x = torch.randn(9, 3, 7)
+    for j, d in enumerate(dims):
+        x[:, j, d:] = 0
+    full = torch.ones(9, 3, dtype=torch.bool)
+    captured = {}
+    hook = net.head.register_forward_hook(lambda mod, inp, out: captured.update(feat=inp[0]))
+    net(x, full)
+    hook.remove()
+    post = model.encode(x, full, hidden=True)  # every modality visible: no prompt is attended
+    assert torch.allclose(captured["feat"], torch.cat([post.mu, post.hidden.flatten(1)], 1), atol=1e-5)
+    vis = full.clone()
+    vis[:, 1] = False
+    logits, _, _ = net(x, vis)
+    x2 = x.clone()
+    x2[:, 1] = 100.0  # a hidden modality's values are never read
+    assert torch.allclose(net(x2, vis)[0], logits, atol=1e-5)
+    logits.sum().backward()
+    assert all(p.grad is None for p in model.parameters())  # the ProM3E backbone stays frozen
+    assert net.queries.grad is not None and net.queries.grad[:, 1].abs().sum() > 0  # prompts of the hidden one
+    assert net.gate1.weight.grad is not None
+
+
+def test_aoept_prom3e_backbone_is_frozen_after_fit() -> None:
+    table, y = make_table(160, [5, 7])
+    m = create("aoept-prom3e", FitConfig(epochs=2, batch_size=64, width=16), n_prototypes=8)
+    assert m.backbone == "prom3e"
+    m.fit(table, y, 4)
+    assert len(m.history) == 1 and m.cfg.epochs == 2  # 1 pre-training + 1 prompt epoch
+    ref = create("aoept-prom3e", FitConfig(epochs=2, batch_size=64, width=16), n_prototypes=8)
+    ref.fit(table, y, 4)
+    pre = ref.pretrained.encoder.state_dict()
+    # two fits with the same seed pre-train the same encoder, and prompt training never changes it
+    assert all(torch.equal(pre[k], v) for k, v in m.net.model.state_dict().items())
+    with pytest.raises(Prom3eError, match="backbone"):
+        create("aoept", FAST, backbone="bogus")

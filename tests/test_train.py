@@ -57,7 +57,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, small_table):
     trainer = Trainer(small_table, TrainConfig(epochs=1, **FAST), tmp_path / "r", progress=False)
     trainer.fit()
     trainer.model.eval()
-    fuser = Fuser.load(tmp_path / "r", which="last")
+    fuser = Fuser.load(tmp_path / "r", which="last", precision="fp32")
     x = torch.from_numpy(small_table.padded()[:50])
     present = torch.from_numpy(small_table.present[:50])
     with torch.no_grad():
@@ -188,3 +188,26 @@ def test_label_aware_training_runs(small_table, tmp_path):
               progress=False)
     assert s["epochs"] == 1
     assert read_table  # the table API stays importable alongside training
+
+
+def test_fuser_chains_stage1_heads_on_raw_features(tmp_path, small_table):
+    from prom3e.align import AlignConfig, fit_aligner
+
+    rng = np.random.default_rng(0)
+    raw = small_table.select(["image", "loc", "text"])
+    raw.features = [f @ rng.normal(size=(16, d)).astype(np.float32) for f, d in zip(raw.features, (24, 8, 12))]
+    raw.features = [np.where(raw.present[:, i, None], f, 0) for i, f in enumerate(raw.features)]
+    aligner = fit_aligner(raw, "image", config=AlignConfig(dim=16, epochs=2, hidden=32), progress=False)
+    aligner.save(tmp_path / "align")
+    aligned = aligner.transform(raw)
+    train(aligned, tmp_path / "run", TrainConfig(epochs=1, **FAST), progress=False)
+    plain = Fuser.load(tmp_path / "run", precision="fp32")
+    chained = Fuser.load(tmp_path / "run", precision="fp32", aligner=tmp_path / "align")
+    torch.testing.assert_close(chained.encode(raw).mu, plain.encode(aligned).mu)
+    d = {m: np.where(raw.present[:, i, None], raw.features[i], np.nan) for i, m in enumerate(raw.modalities)}
+    torch.testing.assert_close(chained.encode(d).mu, plain.encode(aligned).mu)
+    other = small_table.select(["image", "loc", "text"]).take(np.arange(200))
+    other.features = [f[:, :8] for f in other.features]  # an 8-d model: the 16-d heads do not fit
+    train(other, tmp_path / "other", TrainConfig(epochs=1, **FAST), progress=False)
+    with pytest.raises(Prom3eError, match="do not fit the model"):
+        Fuser.load(tmp_path / "other", aligner=tmp_path / "align")

@@ -31,11 +31,13 @@ Batch = ModalTable | dict | tuple
 
 
 class Fuser:
-    def __init__(self, model: Prom3e, device: str | torch.device = "cpu", precision: str = "fp32"):
+    def __init__(self, model: Prom3e, device: str | torch.device = "cpu", precision: str = "fp32",
+                 aligner=None):
         self.model = model.eval()
         self.device = torch.device(device)
         self.model.to(self.device)
         self.precision = precision
+        self.aligner = aligner  # stage-1 heads: raw features → the aligned space (optional)
 
     @property
     def modalities(self) -> list[str]:
@@ -47,8 +49,14 @@ class Fuser:
 
     @classmethod
     def load(cls, run: str | os.PathLike, device: str = "auto", which: str = "best",
-             precision: str = "fp32") -> Fuser:
-        """Load a run folder (``which='last'`` for the latest epoch instead of the best)."""
+             precision: str = "auto", aligner: str | os.PathLike | None = None) -> Fuser:
+        """Load a run folder (``which='last'`` for the latest epoch instead of the best).
+
+        ``precision='auto'`` runs bf16 where the hardware has bf16 matrix units (as training
+        does); ``'fp32'`` for bit-exact comparisons with a model in memory. ``aligner``: a
+        folder written by ``prom3e align --model-out``; batches then hold raw encoder
+        features, which its heads map into the aligned space before fusion.
+        """
         run = Path(run)
         if not run.is_dir():
             raise Prom3eError(f"{run}: no such run folder")
@@ -63,12 +71,25 @@ class Fuser:
         model = Prom3e(mc)
         ckpt.load_state_into(model, run / ("model.safetensors" if which == "best" else "last/model.safetensors"))
         dev = resolve_device(device)
-        return cls(model, dev, resolve_precision(precision, dev))
+        heads = None
+        if aligner is not None:
+            from prom3e.align import load_aligner
+
+            heads = load_aligner(aligner)
+            unknown = [m for m in heads.modalities if m not in modalities]
+            if unknown or heads.dim != max(dims) or len(set(dims)) != 1:
+                raise Prom3eError(f"{aligner}: its heads ({', '.join(heads.modalities)} → {heads.dim}-d) do not "
+                                  f"fit the model in {run} ({', '.join(modalities)}, dims {sorted(set(dims))})")
+        return cls(model, dev, resolve_precision(precision, dev), heads)
 
     # --- inputs --------------------------------------------------------------------------
     def as_tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Any accepted batch → ``(x float32[B, M, Dmax], present bool[B, M])`` on CPU."""
+        if isinstance(batch, dict) and self.aligner is not None:
+            batch = self._dict_to_table(batch)
         if isinstance(batch, ModalTable):
+            if self.aligner is not None:
+                batch = self.aligner.transform(batch)
             t = batch.check_schema(self.modalities, self.dims)
             return torch.from_numpy(t.padded()), torch.from_numpy(t.present)
         if isinstance(batch, tuple):
@@ -84,6 +105,17 @@ class Fuser:
         if isinstance(batch, dict):
             return self._from_dict(batch)
         raise Prom3eError(f"unsupported batch type {type(batch).__name__}")
+
+    @staticmethod
+    def _dict_to_table(batch: dict) -> ModalTable:
+        """``{name: [B, d] with all-NaN rows missing, or None}`` → a table (raw features)."""
+        names = [k for k, v in batch.items() if v is not None]
+        feats = [np.asarray(batch[k], dtype=np.float32) for k in names]
+        if not feats or any(f.ndim != 2 for f in feats) or len({len(f) for f in feats}) != 1:
+            raise Prom3eError("batch dict: give 2-D arrays [B, d] with one row count")
+        present = np.stack([~np.isnan(f).all(1) for f in feats], 1)
+        feats = [np.where(present[:, i, None], f, 0).astype(np.float32) for i, f in enumerate(feats)]
+        return ModalTable(names, feats, present, {}, "<batch>")
 
     def _from_dict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         unknown = [k for k in batch if k not in self.modalities]

@@ -43,11 +43,16 @@ def add_parser(sub) -> None:
                    help="comma-separated tasks to run (default: all)")
     p.add_argument("--fit-frac", type=float, default=0.5,
                    help="share of each class used to choose δ and fit probes (default: 0.5)")
+    p.add_argument("--split-column", metavar="COL",
+                   help="split by this column instead: rows 'test' are evaluated, rows 'train'/'fit'/'val' "
+                        "choose δ and fit the probes")
     p.add_argument("--max-fit", type=int, default=2000, help="cap on fit rows (default: 2000; 0 = none)")
     p.add_argument("--max-test", type=int, default=2000, help="cap on test rows (default: 2000; 0 = none)")
     p.add_argument("--max-subset-size", type=int, default=3,
                    help="largest visible subset in the uncertainty study (default: 3)")
     p.add_argument("--batch-size", type=int, default=1024, help="model batch size (default: 1024)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(p)
@@ -72,9 +77,10 @@ def run(args) -> int:
         fuser, table, label=args.label, out_dir=args.out, modalities=_csv(args.modalities),
         visible=visible, targets=_csv(args.targets), max_visible=args.max_visible,
         class_modality=cm, class_prototypes=args.class_prototypes, tasks=_csv(args.tasks) or [],
-        seed=args.seed, fit_frac=args.fit_frac, max_fit=args.max_fit or None,
+        seed=args.seed, fit_frac=args.fit_frac, split_column=args.split_column, max_fit=args.max_fit or None,
         max_test=args.max_test or None, max_subset_size=args.max_subset_size,
-        batch_size=args.batch_size, plots=not args.no_plots, progress=not args.quiet, command=command,
+        batch_size=args.batch_size, threads=args.threads, plots=not args.no_plots, progress=not args.quiet,
+        command=command,
     )
     print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
     for line in headline(metrics):
@@ -91,7 +97,8 @@ def _command_line(args) -> str:
                 "max_test": 2000, "max_subset_size": 3, "batch_size": 1024, "seed": 0, "device": "auto",
                 "tasks": "retrieval,zeroshot,probe,uncertainty,gap"}
     for name in ("label", "modalities", "targets", "max_visible", "class_modality", "class_prototypes",
-                 "tasks", "fit_frac", "max_fit", "max_test", "max_subset_size", "batch_size", "seed", "device"):
+                 "tasks", "fit_frac", "split_column", "max_fit", "max_test", "max_subset_size", "batch_size",
+                 "threads", "seed", "device"):
         v = getattr(args, name)
         if v is not None and v != defaults.get(name):
             parts += [f"--{name.replace('_', '-')}", str(v)]

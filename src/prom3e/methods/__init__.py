@@ -22,6 +22,7 @@ METHODS: dict[str, str] = {
     "prom3e": "prom3e_method:Prom3eMethod",
     "cmpt": "cmpt:Cmpt",
     "aoept": "aoept:Aoept",
+    "aoept-prom3e": "aoept:AoeptProm3e",
     "moe-retriever": "moe_retriever:MoeRetriever",
     "zero-fill": "impute:ZeroFill",
     "mean-impute": "impute:MeanImpute",

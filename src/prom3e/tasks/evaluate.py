@@ -19,9 +19,10 @@ Protocol (see ``docs/EVALUATION.md``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from prom3e.tasks.retrieval import DELTA_GRID, PairData, dedup_gallery, evaluate
 ALL_TASKS = ("retrieval", "zeroshot", "probe", "uncertainty", "gap")
 SCHEMA_VERSION = 1
 PROBE_FEATURES = ("raw", "mu", "tokens", "reconstruction")
+FIT_VALUES = ("train", "fit", "val", "validation")  # split-column values of the fit part
 
 
 @dataclass
@@ -147,11 +149,13 @@ def evaluate(
     tasks: Sequence[str] = ALL_TASKS,
     seed: int = 0,
     fit_frac: float = 0.5,
+    split_column: str | None = None,
     max_fit: int | None = 2000,
     max_test: int | None = 2000,
     max_subset_size: int = 3,
     delta_grid: Sequence[float] = DELTA_GRID,
     batch_size: int = 1024,
+    threads: int | None = None,
     plots: bool = True,
     progress: bool = False,
     command: str | None = None,
@@ -160,11 +164,38 @@ def evaluate(
 
     ``modalities`` restricts the modalities used (default: all of the model's that occur in
     the table); ``visible`` the visible sets (default: every subset of ``modalities`` of
-    1 to ``max_visible`` modalities); ``targets`` the retrieval targets (default: every modality). ``class_modality``:
-    ``"auto"`` detects a modality holding one embedding per class, ``None`` turns zero-shot
-    off. ``class_prototypes``: a table (or path) with the ``label`` column and the class
+    1 to ``max_visible`` modalities); ``targets`` the retrieval targets (default: every
+    modality). ``class_modality``: ``"auto"`` detects a modality holding one embedding per
+    class, ``None`` turns zero-shot off. ``class_prototypes``: a table (or path) with the ``label`` column and the class
     modality, one row per class; default: the prototypes found in ``table``.
+    ``split_column``: use a column of the table for the split (rows marked ``test`` are the
+    test part, rows marked ``train``/``fit``/``val`` the fit part) instead of ``fit_frac``.
+    ``threads``: torch CPU threads while evaluating (restored after; default: unchanged) —
+    1 is much faster on an oversubscribed machine, where multi-threaded small ops stall.
     """
+    params = dict(locals())  # the arguments above, passed on unchanged
+    with _torch_threads(threads):
+        return _evaluate(**params)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate(
+    fuser: FuserLike, table: ModalTable | str | os.PathLike, label: str | None, out_dir, *, modalities,
+    visible, targets, max_visible, class_modality, class_prototypes, tasks, seed, fit_frac, split_column,
+    max_fit, max_test, max_subset_size, delta_grid, batch_size, threads, plots, progress, command,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     tasks = tuple(tasks)
@@ -203,7 +234,14 @@ def evaluate(
         if class_modality not in known:
             raise Prom3eError(f"class modality '{class_modality}' is not a model modality ({', '.join(known)})")
         class_mod = class_modality
-    fit_rows, test_rows = stratified_split(y, fit_frac, seed)
+    if split_column is not None:
+        part = np.asarray(table.label(split_column)).astype(str)
+        fit_rows, test_rows = np.flatnonzero(np.isin(part, FIT_VALUES)), np.flatnonzero(part == "test")
+        if not len(fit_rows) or not len(test_rows):
+            raise Prom3eError(f"split column '{split_column}': need rows marked 'test' and rows marked "
+                              f"{' / '.join(FIT_VALUES)}")
+    else:
+        fit_rows, test_rows = stratified_split(y, fit_frac, seed)
     fit_rows = stratified_subsample(fit_rows, y, max_fit, seed + 1)
     test_rows = stratified_subsample(test_rows, y, max_test, seed + 2)
     protos = proto_classes = None
@@ -232,7 +270,7 @@ def evaluate(
             "prototypes": proto_source, "modalities": mods, "model_modalities": known,
             "model_dims": list(fuser.dims), "visible_sets": [list(s) for s in sets], "targets": tgts,
             "tasks": list(tasks), "n_rows": len(table), "fit_frac": fit_frac, "max_fit": max_fit,
-            "max_test": max_test, "n_fit": len(fit_rows), "n_test": len(test_rows),
+            "max_test": max_test, "split_column": split_column, "n_fit": len(fit_rows), "n_test": len(test_rows),
             "max_subset_size": max_subset_size, "delta_grid": list(run.grid),
         },
     }

@@ -13,6 +13,7 @@ The evaluation compares three representations of the same test rows: *raw* input
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from prom3e.tasks.common import l2n, mean_or_none
 
@@ -21,7 +22,7 @@ def centroid_distance(a: np.ndarray, b: np.ndarray) -> float | None:
     """‖mean(â) − mean(b̂)‖₂ of the normalised rows; ``None`` if shapes are incompatible."""
     if len(a) == 0 or len(b) == 0 or a.shape[1] != b.shape[1]:
         return None
-    return float((l2n(a).mean(0) - l2n(b).mean(0)).norm())
+    return float((l2n(a).double().mean(0) - l2n(b).double().mean(0)).norm())
 
 
 def separability(a: np.ndarray, b: np.ndarray, seed: int = 0, max_rows: int = 1000,
@@ -36,18 +37,18 @@ def separability(a: np.ndarray, b: np.ndarray, seed: int = 0, max_rows: int = 10
         return None
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b), max_rows)
-    a = np.asarray(l2n(a), np.float64)[np.sort(rng.permutation(len(a))[:n])]
-    b = np.asarray(l2n(b), np.float64)[np.sort(rng.permutation(len(b))[:n])]
+    a = l2n(a).double()[np.sort(rng.permutation(len(a))[:n])]
+    b = l2n(b).double()[np.sort(rng.permutation(len(b))[:n])]
     h = n // 2
     ma, mb = a[:h].mean(0), b[:h].mean(0)
-    centred = np.concatenate([a[:h] - ma, b[:h] - mb])
+    centred = torch.cat([a[:h] - ma, b[:h] - mb])
     cov = centred.T @ centred / max(1, len(centred) - 2)
     d = cov.shape[0]
-    cov += (shrinkage * np.trace(cov) / d + 1e-12) * np.eye(d)
-    w = np.linalg.solve(cov, mb - ma)
+    cov += (shrinkage * float(cov.trace()) / d + 1e-12) * torch.eye(d, dtype=cov.dtype)
+    w = torch.linalg.solve(cov, mb - ma)
     thr = w @ (ma + mb) / 2
-    correct = np.concatenate([a[h:] @ w < thr, b[h:] @ w >= thr])
-    return float(correct.mean())
+    correct = torch.cat([a[h:] @ w < thr, b[h:] @ w >= thr])
+    return float(correct.double().mean())
 
 
 def compare(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float | None]:
@@ -65,9 +66,9 @@ def summarize(pairs: list[dict]) -> dict:
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
     """Rows projected on their first two principal components (sign fixed: deterministic)."""
-    x = np.asarray(x, np.float64)
-    xc = x - x.mean(0)
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    v = vt[:2]
-    v *= np.sign(v[np.arange(len(v)), np.abs(v).argmax(1)])[:, None]
-    return xc @ v.T
+    xc = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    xc = xc - xc.mean(0)
+    _, vecs = torch.linalg.eigh(xc.T @ xc)  # ascending eigenvalues: d × d, cheap for d ≪ n
+    v = vecs[:, -2:].flip(1).T
+    v = v * torch.sign(v[torch.arange(len(v)), v.abs().argmax(1)])[:, None]
+    return (xc @ v.T).numpy()

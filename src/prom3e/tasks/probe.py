@@ -97,7 +97,7 @@ def _fit_predict_torch(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
 
 
 def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                 C: float = 1.0, max_iter: int = 50, solver: str = "torch") -> dict[str, float | int | None]:
+                 C: float = 1.0, max_iter: int = 30, solver: str = "torch") -> dict[str, float | int | None]:
     """Fit on the training rows, score on the test rows: ``acc``, ``macro_f1`` and counts.
 
     Macro-F1 averages over the classes present in ``y_test``. With a single training class

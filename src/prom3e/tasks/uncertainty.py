@@ -91,10 +91,13 @@ def next_modality(fuser: FuserLike, table: ModalTable, rows: np.ndarray, visible
     if not len(r) or not cands:
         return out
     batch = table.take(r)
-    base = sigma_l1(fuser.encode(batch, visible=list(visible), batch_size=batch_size))
-    recon = fuser.reconstruct(batch, targets=cands, visible=list(visible), batch_size=batch_size)
     pos = np.full(len(table), -1, np.int64)
     pos[rows] = np.arange(len(rows))
+    if sig is not None and tuple(visible) in sig:
+        base = sig[tuple(visible)][pos[r]]
+    else:
+        base = sigma_l1(fuser.encode(batch, visible=list(visible), batch_size=batch_size))
+    recon = fuser.reconstruct(batch, targets=cands, visible=list(visible), batch_size=batch_size)
     expected = np.empty((len(r), len(cands)))
     actual = np.full((len(r), len(cands)), np.nan)
     for j, m in enumerate(cands):

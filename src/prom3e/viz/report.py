@@ -31,6 +31,14 @@ def _f(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _int(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _d(v: Any) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
 def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_f(v) for v in r) + " |" for r in rows]
@@ -167,16 +175,16 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
         parts.append(_table(
             ["visible", "pairs", "R@1 cross", "R@1 recon", "R@1 inversion", "R@5 cross", "R@5 inversion",
              "mean δ"],
-            [[f"{k} modalities", by[k]["n"], *(by[k][f"{x}_mean"] for x in
+            [[f"{k} modalit{'y' if k == '1' else 'ies'}", by[k]["n"], *(by[k][f"{x}_mean"] for x in
               ("r1_cross", "r1_reconstruction", "r1_inversion", "r5_cross", "r5_inversion", "delta"))]
              for k in by]))
         fig("retrieval.png", ", galleries = distinct target embeddings of the test rows")
         parts.append("<details><summary>every pair</summary>\n\n" + _table(
             ["visible", "target", "n", "gallery", "δ", "R@1 cross", "R@1 recon", "R@1 inv", "R@5 cross",
              "R@5 inv", "R@10 inv", "med. rank cross", "med. rank inv"],
-            [[_vis(p["visible"]), p["target"], p["n_query"], p["n_gallery"], p["delta"], p["r1_cross"],
+            [[_vis(p["visible"]), p["target"], p["n_query"], p["n_gallery"], _d(p["delta"]), p["r1_cross"],
               p["r1_reconstruction"], p["r1_inversion"], p["r5_cross"], p["r5_inversion"], p["r10_inversion"],
-              p["median_rank_cross"], p["median_rank_inversion"]] for p in r["pairs"]]) + "\n</details>\n")
+              _int(p["median_rank_cross"]), _int(p["median_rank_inversion"])] for p in r["pairs"]]) + "\n</details>\n")
 
     if "zeroshot" in m:
         z = m["zeroshot"]
@@ -185,8 +193,8 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
         parts.append(_table(
             ["visible", "n", "δ", "top-1 cross", "top-1 recon", "top-1 inversion", "top-5 inversion",
              "macro cross", "macro inversion"],
-            [[_vis(x["visible"]), x["n"], x["delta"], x["top1_cross"], x["top1_reconstruction"], x["top1_inversion"],
-              x["top5_inversion"], x["macro_cross"], x["macro_inversion"]] for x in z["sets"]]))
+            [[_vis(x["visible"]), x["n"], _d(x["delta"]), x["top1_cross"], x["top1_reconstruction"],
+              x["top1_inversion"], x["top5_inversion"], x["macro_cross"], x["macro_inversion"]] for x in z["sets"]]))
         fig("zeroshot.png", f", prototypes from {s['prototypes']}")
 
     if "probe" in m:
