@@ -31,7 +31,7 @@ def table():
 def oracle_metrics(table, tmp_path_factory):
     out = tmp_path_factory.mktemp("oracle")
     fuser = OracleFuser(table.modalities, table.dims)
-    return evaluate(fuser, table, label="species", out_dir=out, max_subset_size=3), out
+    return evaluate(fuser, table, label="species", out_dir=out, max_subset_size=3, threads=1), out
 
 
 def test_perfect_model_scores_one(oracle_metrics):
@@ -79,7 +79,7 @@ def test_outputs_and_report(oracle_metrics):
 def test_shuffled_reconstruction_is_chance(table):
     fuser = OracleFuser(table.modalities, table.dims, shuffle=True)
     m = evaluate(fuser, table, label="species", tasks=["retrieval", "zeroshot"],
-                 visible=[["image"], ["loc"]], targets=["loc", "sat", "image"])
+                 visible=[["image"], ["loc"]], targets=["loc", "sat", "image"], threads=1)
     pairs = m["retrieval"]["pairs"]
     r1 = np.array([p["r1_reconstruction"] for p in pairs])
     chance = np.array([p["chance_r1"] for p in pairs])
@@ -96,11 +96,12 @@ def test_deterministic_with_a_real_model(table, tmp_path):
 
     torch.manual_seed(0)
     fuser = Fuser(Prom3e(named_config("tiny", table.modalities, table.dims)))
+    threads_before = torch.get_num_threads()
     kw = dict(label="species", visible=[["image"], ["image", "loc"]], targets=["loc", "text"],
-              max_subset_size=2, max_fit=300, max_test=300, seed=3)
+              max_subset_size=2, max_fit=300, max_test=300, seed=3, threads=1)
     a = evaluate(fuser, table, out_dir=tmp_path / "a", **kw)
     b = evaluate(fuser, table, out_dir=tmp_path / "b", **kw)
-    assert a == b
+    assert a == b and torch.get_num_threads() == threads_before  # restored
     for f in ("metrics.json", "report.md", "next_modality.csv"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
     c = evaluate(fuser, table, **{**kw, "seed": 4}, tasks=["retrieval"])
@@ -134,7 +135,7 @@ def test_every_json_key_is_documented(oracle_metrics):
 def test_restrictions(table):
     fuser = OracleFuser(table.modalities, table.dims)
     m = evaluate(fuser, table, label="species", visible=[["loc", "image"], ["image"]], targets=["text", "loc"],
-                 tasks=["retrieval", "probe"], max_test=300, max_fit=300)
+                 tasks=["retrieval", "probe"], max_test=300, max_fit=300, threads=1)
     assert [(p["visible"], p["target"]) for p in m["retrieval"]["pairs"]] == [
         (["image", "loc"], "text"), (["image"], "loc"), (["image"], "text")]
     assert [s["visible"] for s in m["probe"]["sets"]] == [["image", "loc"], ["image"]]
@@ -144,11 +145,11 @@ def test_restrictions(table):
     split = table.take(np.arange(len(table)))
     split.meta["part"] = np.where(np.arange(len(table)) % 3 == 0, "test", "train")
     own = evaluate(fuser, split, label="species", split_column="part", tasks=["retrieval"], max_fit=None,
-                   max_test=None, visible=[["image"]], targets=["loc"])
+                   max_test=None, visible=[["image"]], targets=["loc"], threads=1)
     assert own["settings"]["n_test"] == 300 and own["settings"]["n_fit"] == 600
     with pytest.raises(Prom3eError, match="split column 'species'"):
         evaluate(fuser, split, label="species", split_column="species")
-    none = evaluate(fuser, table, label="species", class_modality=None, tasks=["zeroshot"])
+    none = evaluate(fuser, table, label="species", class_modality=None, tasks=["zeroshot"], threads=1)
     assert none["zeroshot"]["sets"] == [] and none["settings"]["class_modality"] is None
 
 
@@ -172,6 +173,27 @@ def test_class_prototypes_from_a_file(table, tmp_path):
     assert a["zeroshot"]["n_prototypes"] == len(names) + 1 and a["settings"]["prototypes"].endswith("c.parquet")
     assert a["zeroshot"]["sets"][0]["top1_reconstruction"] == 1.0
     assert [s["top1_cross"] for s in a["zeroshot"]["sets"]] <= [s["top1_cross"] + 1e-9 for s in b["zeroshot"]["sets"]]
+
+
+def test_stage1_heads_map_the_table_once(table):
+    class Heads:  # stands in for prom3e.align.Aligner: raw 16-d → "aligned" 8-d
+        def __init__(self):
+            self.calls = 0
+            self.w = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+
+        def transform(self, t):
+            self.calls += 1
+            from prom3e.data.table import ModalTable
+
+            feats = [np.where(t.present[:, [i]], f @ self.w, 0).astype(np.float32) for i, f in enumerate(t.features)]
+            return ModalTable(list(t.modalities), feats, t.present, dict(t.meta), t.source)
+
+    fuser = OracleFuser(table.modalities, [8] * len(table.modalities))
+    fuser.aligner = Heads()
+    m = evaluate(fuser, table, label="species", tasks=["retrieval"], visible=[["image"]], targets=["loc"],
+                 threads=1)
+    assert fuser.aligner.calls == 1 and m["settings"]["stage1_heads"] is True
+    assert m["retrieval"]["pairs"][0]["r1_reconstruction"] == 1.0
 
 
 def test_errors(table):
@@ -202,7 +224,7 @@ def test_cli_end_to_end(tiny_run, small_parquet, tmp_path):
     out = tmp_path / "eval"
     rc = main(["evaluate", "--model", str(tiny_run), "--data", str(small_parquet), "--label", "species",
                "--out", str(out), "--visible", "image", "--visible", "image+loc", "--max-subset-size", "2",
-               "--quiet", "--device", "cpu"])
+               "--quiet", "--device", "cpu", "--threads", "1"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert [p["visible"] for p in m["retrieval"]["pairs"]][:1] == [["image"]]

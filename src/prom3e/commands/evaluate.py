@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
                   "linear probes, uncertainty, modality gap.", EXAMPLES)
     p.add_argument("--model", required=True, help="run folder written by 'prom3e train'")
     p.add_argument("--data", required=True, help="Parquet table to evaluate on (held-out rows)")
+    p.add_argument("--aligner", metavar="DIR",
+                   help="stage-1 heads ('prom3e align --model-out'): --data then holds raw encoder features")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--label", help="label column (zero-shot, probes, stratified split)")
     p.add_argument("--modalities", help="comma-separated modalities to use (default: all in the table)")
@@ -68,7 +70,7 @@ def run(args) -> int:
     for name in ("max_visible", "max_subset_size", "batch_size"):
         if getattr(args, name) < 1:
             raise Prom3eError(f"--{name.replace('_', '-')} must be ≥ 1")
-    fuser = Fuser.load(args.model, device=args.device)
+    fuser = Fuser.load(args.model, device=args.device, aligner=args.aligner)
     table = read_table(args.data)
     visible = [[v for v in s.split("+") if v] for s in args.visible] if args.visible else None
     cm = None if args.class_modality == "none" else args.class_modality
@@ -96,7 +98,7 @@ def _command_line(args) -> str:
     defaults = {"max_visible": 2, "class_modality": "auto", "fit_frac": 0.5, "max_fit": 2000,
                 "max_test": 2000, "max_subset_size": 3, "batch_size": 1024, "seed": 0, "device": "auto",
                 "tasks": "retrieval,zeroshot,probe,uncertainty,gap"}
-    for name in ("label", "modalities", "targets", "max_visible", "class_modality", "class_prototypes",
+    for name in ("aligner", "label", "modalities", "targets", "max_visible", "class_modality", "class_prototypes",
                  "tasks", "fit_frac", "split_column", "max_fit", "max_test", "max_subset_size", "batch_size",
                  "threads", "seed", "device"):
         v = getattr(args, name)

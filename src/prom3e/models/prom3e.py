@@ -38,6 +38,10 @@ class Prom3eConfig:
     registers: int = 4
     dropout: float = 0.0
     logvar_clip: float = 8.0  # guard: |logσ²| ≤ clip keeps the KL finite
+    # Linear heads on the [mu]/[logvar] outputs. Without them (the reference) logσ² is a
+    # post-LayerNorm token whose scale the shared LN fixes; init_logvar starts σ small.
+    posterior_heads: bool = False
+    init_logvar: float = -4.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +159,12 @@ class Prom3e(nn.Module):
         # contrastive reconstruction logits = α·distance + β, α < 0 kept by construction
         self.alpha_raw = nn.Parameter(torch.full((m,), math.log(math.expm1(5.0))))  # α = −5
         self.beta = nn.Parameter(torch.full((m,), 5.0))
+        if cfg.posterior_heads:
+            self.mu_head = nn.Linear(e, e)
+            self.logvar_head = nn.Linear(e, e)
+            with torch.no_grad():
+                self.logvar_head.weight.mul_(0.1)
+                self.logvar_head.bias.fill_(cfg.init_logvar)
 
     @property
     def alpha(self) -> Tensor:
@@ -188,9 +198,12 @@ class Prom3e(nn.Module):
             last = i == len(self.blocks) - 1
             out = blk(prefix, seq, rest_ok, n_keep if last else None)
             prefix, seq = out[:, :p], out[:, p:]
-        mu = F.normalize(prefix[:, 0].float(), dim=-1)
+        mu_out, lv_out = prefix[:, 0], prefix[:, 1]
+        if self.cfg.posterior_heads:
+            mu_out, lv_out = self.mu_head(mu_out), self.logvar_head(lv_out)
+        mu = F.normalize(mu_out.float(), dim=-1)
         c = self.cfg.logvar_clip
-        logvar = c * torch.tanh(prefix[:, 1].float() / c)  # smooth clip: finite KL, live gradient
+        logvar = c * torch.tanh(lv_out.float() / c)  # smooth clip: finite KL, live gradient
         return Posterior(mu, logvar, prefix.float() if hidden else None)
 
     @staticmethod

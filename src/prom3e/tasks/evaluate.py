@@ -20,6 +20,7 @@ Protocol (see ``docs/EVALUATION.md``):
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -206,6 +207,13 @@ def _evaluate(
         raise Prom3eError(f"fit_frac must be in (0, 1), got {fit_frac}")
     if isinstance(table, str | os.PathLike):
         table = read_table(table)
+    stage1 = getattr(fuser, "aligner", None) is not None
+    if stage1:
+        # raw encoder features + the fuser's stage-1 heads: map the table once, then evaluate
+        # everything (δ = 0 queries, galleries, probes) in the aligned space with the bare model
+        table = fuser.aligner.transform(table)
+        fuser = copy.copy(fuser)
+        fuser.aligner = None
     table = table.check_schema(fuser.modalities, fuser.dims)
     known = list(fuser.modalities)
     in_table = [m for m in known if table.present[:, table.index(m)].any()]
@@ -268,9 +276,10 @@ def _evaluate(
         "settings": {
             "seed": seed, "label": label, "n_classes": len(classes), "class_modality": class_mod,
             "prototypes": proto_source, "modalities": mods, "model_modalities": known,
-            "model_dims": list(fuser.dims), "visible_sets": [list(s) for s in sets], "targets": tgts,
-            "tasks": list(tasks), "n_rows": len(table), "fit_frac": fit_frac, "max_fit": max_fit,
-            "max_test": max_test, "split_column": split_column, "n_fit": len(fit_rows), "n_test": len(test_rows),
+            "model_dims": list(fuser.dims), "stage1_heads": stage1,
+            "visible_sets": [list(s) for s in sets], "targets": tgts, "tasks": list(tasks),
+            "n_rows": len(table), "fit_frac": fit_frac, "max_fit": max_fit, "max_test": max_test,
+            "split_column": split_column, "n_fit": len(fit_rows), "n_test": len(test_rows),
             "max_subset_size": max_subset_size, "delta_grid": list(run.grid),
         },
     }

@@ -160,7 +160,8 @@ def gap_projection(clouds: dict[str, dict[str, np.ndarray]], path: Path, per_mod
         parts = {m: x for m, x in clouds[rep].items() if len(x)}
         dims = {x.shape[1] for x in parts.values()}
         if len(dims) != 1:
-            ax.set_title(f"{rep}: dims differ, no joint projection")
+            ax.set_title(f"{rep}: dims differ, no joint projection", fontsize=9)
+            ax.set_axis_off()
             continue
         take = {m: x[np.sort(rng.permutation(len(x))[:per_modality])] for m, x in parts.items()}
         xy = pca_2d(np.concatenate(list(take.values())))
@@ -172,6 +173,7 @@ def gap_projection(clouds: dict[str, dict[str, np.ndarray]], path: Path, per_mod
                       "reconstruction": "reconstructions f̂_m (from each other single m')"}[rep], fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if reps:
-        axes[0].legend(fontsize=7, markerscale=3)
+    drawn = [ax for ax in axes if ax.collections]
+    if drawn:
+        drawn[0].legend(fontsize=7, markerscale=3)
     return _save(fig, path)

@@ -51,8 +51,10 @@ def _vis(v: Sequence[str]) -> str:
 
 def _setting(m: dict, extra: str = "") -> str:
     s = m["settings"]
+    how = (f"split column '{s['split_column']}'" if s.get("split_column")
+           else f"seeded split, fit_frac {s['fit_frac']}")
     return (f"*Setting:* seed {s['seed']}, {s['n_test']} test rows / {s['n_fit']} fit rows of "
-            f"{s['n_rows']} (fit_frac {s['fit_frac']}, caps {s['max_fit']}/{s['max_test']})"
+            f"{s['n_rows']} ({how}, caps {s['max_fit']}/{s['max_test']})"
             f"{', label ' + s['label'] if s['label'] else ''}{extra}.")
 
 
@@ -137,9 +139,11 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
         ["class modality (zero-shot)", s["class_modality"]], ["modalities", ", ".join(s["modalities"])],
         ["δ grid", ", ".join(f"{d:g}" for d in s["delta_grid"])],
     ]))
+    split = (f"the table's column `{s['split_column']}` (rows `test` are evaluated)" if s.get("split_column")
+             else "deterministic by seed, stratified by the label")
     parts.append(
-        "Split: deterministic by seed, stratified by the label; δ and the probes are fitted on the "
-        "*fit* part, every number below is on the *test* part. Details: docs/EVALUATION.md.\n")
+        f"Split: {split}; δ and the probes are fitted on the *fit* part, every number below is on the "
+        "*test* part. Details: docs/EVALUATION.md.\n")
 
     def fig(name: str, extra: str = "") -> None:
         if name in figs:
