@@ -195,7 +195,8 @@ def test_fuser_chains_stage1_heads_on_raw_features(tmp_path, small_table):
 
     rng = np.random.default_rng(0)
     raw = small_table.select(["image", "loc", "text"])
-    raw.features = [f @ rng.normal(size=(16, d)).astype(np.float32) for f, d in zip(raw.features, (24, 8, 12))]
+    dims = (24, 8, 12)
+    raw.features = [f @ rng.normal(size=(16, d)).astype(np.float32) for f, d in zip(raw.features, dims, strict=True)]
     raw.features = [np.where(raw.present[:, i, None], f, 0) for i, f in enumerate(raw.features)]
     aligner = fit_aligner(raw, "image", config=AlignConfig(dim=16, epochs=2, hidden=32), progress=False)
     aligner.save(tmp_path / "align")

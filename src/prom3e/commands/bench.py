@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p = subparser(sub, "bench", "Speed benchmarks (training, encode/reconstruct, retrieval, end to end).",
                   EXAMPLES)
     p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e"])
-    p.add_argument("--config", default="paper", choices=["tiny", "base", "paper"])
+    p.add_argument("--config", default="paper", choices=["tiny", "base", "paper", "large"])
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (medians reported)")

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--n", type=int, default=20000, help="rows to generate (default: 20000)")
     p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
-    p.add_argument("--model", default="base", choices=["tiny", "base", "paper"])
+    p.add_argument("--model", default="base", choices=["tiny", "base", "paper", "large"])
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="rows held out from training for the evaluation (default: 0.2)")
     add_common(p)

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True, help="Parquet table (see docs/DATA.md)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--config", help="YAML/JSON file of training options (flags below override it)")
-    p.add_argument("--model", choices=["tiny", "base", "paper"], help="architecture (default: base)")
+    p.add_argument("--model", choices=["tiny", "base", "paper", "large"], help="architecture (default: base)")
     p.add_argument("--modalities", help="comma-separated subset of modality columns to use")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

@@ -200,7 +200,11 @@ class PromptedProm3e(nn.Module):
             last = i == self.depth - 1
             out = blk(prefix, torch.cat([seq, prompts[:, i].flatten(1, 2)], 1), ok, n_pre if last else None)
             prefix, seq = out[:, :n_pre], out[:, n_pre:n_pre + self.m]
-        mu = F.normalize(prefix[:, 0], dim=-1)
+        mu_out = prefix[:, 0]
+        mu_head = getattr(self.model, "mu_head", None)  # the model's optional posterior read-out of [mu]
+        if mu_head is not None:
+            mu_out = mu_head(mu_out)
+        mu = F.normalize(mu_out.float(), dim=-1)
         return self.head(torch.cat([mu, prefix.flatten(1)], 1)), h, prompts[:, 0].mean(2)
 
 

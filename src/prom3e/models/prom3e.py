@@ -38,9 +38,11 @@ class Prom3eConfig:
     registers: int = 4
     dropout: float = 0.0
     logvar_clip: float = 8.0  # guard: |logσ²| ≤ clip keeps the KL finite
-    # Linear heads on the [mu]/[logvar] outputs. Without them (the reference) logσ² is a
-    # post-LayerNorm token whose scale the shared LN fixes; init_logvar starts σ small.
-    posterior_heads: bool = False
+    # How logσ² is read off the [logvar] output. "none" (the reference): the post-LayerNorm
+    # token itself, whose scale the shared LN fixes, so σ stays near 1 and the noise swamps
+    # the unit-norm μ. "affine": a learned per-dimension scale and shift (+2E parameters),
+    # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar].
+    posterior_head: str = "linear"
     init_logvar: float = -4.0
 
     def to_dict(self) -> dict:
@@ -51,7 +53,10 @@ class Prom3eConfig:
 CONFIGS: dict[str, dict] = {
     "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2),
     "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4),
-    "paper": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4),
+    # the reference architecture exactly (27.3 M at 6 × 512-d), its posterior read-out included
+    "paper": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, posterior_head="none"),
+    # the paper's shapes with our posterior heads (+2.1 M): the recommended large model
+    "large": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4),
 }
 
 
@@ -159,7 +164,12 @@ class Prom3e(nn.Module):
         # contrastive reconstruction logits = α·distance + β, α < 0 kept by construction
         self.alpha_raw = nn.Parameter(torch.full((m,), math.log(math.expm1(5.0))))  # α = −5
         self.beta = nn.Parameter(torch.full((m,), 5.0))
-        if cfg.posterior_heads:
+        if cfg.posterior_head not in ("none", "affine", "linear"):
+            raise ValueError(f"posterior_head must be none, affine or linear, not {cfg.posterior_head!r}")
+        if cfg.posterior_head == "affine":
+            self.logvar_scale = nn.Parameter(torch.full((e,), 0.1))
+            self.logvar_shift = nn.Parameter(torch.full((e,), cfg.init_logvar))
+        elif cfg.posterior_head == "linear":
             self.mu_head = nn.Linear(e, e)
             self.logvar_head = nn.Linear(e, e)
             with torch.no_grad():
@@ -199,7 +209,9 @@ class Prom3e(nn.Module):
             out = blk(prefix, seq, rest_ok, n_keep if last else None)
             prefix, seq = out[:, :p], out[:, p:]
         mu_out, lv_out = prefix[:, 0], prefix[:, 1]
-        if self.cfg.posterior_heads:
+        if self.cfg.posterior_head == "affine":
+            lv_out = lv_out * self.logvar_scale + self.logvar_shift
+        elif self.cfg.posterior_head == "linear":
             mu_out, lv_out = self.mu_head(mu_out), self.logvar_head(lv_out)
         mu = F.normalize(mu_out.float(), dim=-1)
         c = self.cfg.logvar_clip

@@ -27,7 +27,7 @@ from prom3e.train import checkpoint as ckpt
 
 @dataclass
 class TrainConfig:
-    model: str = "base"  # a named architecture: tiny | base | paper
+    model: str = "base"  # a named architecture: tiny | base | paper | large
     model_overrides: dict = field(default_factory=dict)
     epochs: int = 30
     batch_size: int = 256
