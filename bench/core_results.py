@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 
 def table(metrics: dict) -> str:
@@ -48,4 +49,4 @@ def table(metrics: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(table(json.loads(open(sys.argv[1]).read())))
+    print(table(json.loads(Path(sys.argv[1]).read_text())))
