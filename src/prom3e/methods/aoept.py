@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
-from prom3e.methods.base import FitConfig, ModalityLinear, TorchMethod, classification_loss, mlp
+from prom3e.methods.base import FitConfig, ModalityLinear, ProxyMethod, classification_loss, mlp
 
 
 def kmeans_prototypes(x: np.ndarray, present: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +208,7 @@ class PromptedProm3e(nn.Module):
         return self.head(torch.cat([mu, prefix.flatten(1)], 1)), h, prompts[:, 0].mean(2)
 
 
-class Aoept(TorchMethod):
+class Aoept(ProxyMethod):
     name = "aoept"
 
     def __init__(self, cfg: FitConfig | None = None, n_prototypes: int = 128, prompt_len: int = 4, depth: int = 2,
@@ -255,19 +255,6 @@ class Aoept(TorchMethod):
         task = classification_loss(logits, y)
         nce = info_nce(p, h, present, self.tau)
         return task + self.nce_weight * nce, {"task": task.item(), "nce": nce.item()}
-
-    def logits(self, x: Tensor, visible: Tensor) -> Tensor:
-        return self.net(x, visible)[0]
-
-    @torch.no_grad()
-    def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int):
-        x, vis = self._inputs(table, visible)
-        ps, hs = [], []
-        for i in range(0, len(x), 4096):
-            _, h, p = self.net(x[i:i + 4096].to(self.device), vis[i:i + 4096].to(self.device))
-            ps.append(p[:, target].cpu())
-            hs.append(h[:, target].cpu())
-        return torch.cat(ps).numpy(), torch.cat(hs).numpy()
 
 
 class AoeptProm3e(Aoept):

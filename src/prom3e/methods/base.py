@@ -222,5 +222,23 @@ class TorchMethod(Method):
         return torch.cat(out).numpy()
 
 
+class ProxyMethod(TorchMethod):
+    """A method whose net returns ``(logits, real [B, M, d], estimate [B, M, d])`` (CMPT, AOEPT)."""
+
+    def logits(self, x: Tensor, visible: Tensor) -> Tensor:
+        return self.net(x, visible)[0]
+
+    @torch.no_grad()
+    def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int, batch_size: int = 4096):
+        """The net's estimate of modality ``target`` and the real embedding in the same space."""
+        x, vis = self._inputs(table, visible)
+        est, real = [], []
+        for i in range(0, len(x), batch_size):
+            _, h, p = self.net(x[i:i + batch_size].to(self.device), vis[i:i + batch_size].to(self.device))
+            est.append(p[:, target].cpu())
+            real.append(h[:, target].cpu())
+        return torch.cat(est).numpy(), torch.cat(real).numpy()
+
+
 def classification_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), y)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prom3e.data.table import ModalTable
-from prom3e.methods.base import FitConfig, TorchMethod, classification_loss, mlp
+from prom3e.methods.base import FitConfig, ProxyMethod, classification_loss, mlp
 
 
 class LoraProjection(nn.Module):
@@ -102,7 +102,7 @@ def alignment_loss(h: Tensor, proxies: Tensor, present: Tensor) -> Tensor:
     return ((1 - cos) * w).sum() / w.sum().clamp_min(1)
 
 
-class Cmpt(TorchMethod):
+class Cmpt(ProxyMethod):
     name = "cmpt"
 
     def __init__(self, cfg: FitConfig | None = None, rank: int = 1, heads: int = 4, align_weight: float = 0.2):
@@ -119,14 +119,3 @@ class Cmpt(TorchMethod):
         align = alignment_loss(h, p, present)
         return task + self.align_weight * align, {"task": task.item(), "align": align.item()}
 
-    def logits(self, x: Tensor, visible: Tensor) -> Tensor:
-        return self.net(x, visible)[0]
-
-    @torch.no_grad()
-    def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int):
-        x, vis = self._inputs(table, visible)
-        outs = []
-        for i in range(0, len(x), 4096):
-            _, h, p = self.net(x[i:i + 4096].to(self.device), vis[i:i + 4096].to(self.device))
-            outs.append((p[:, target].cpu(), h[:, target].cpu()))
-        return torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
