@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from prom3e.api import Fuser
-from prom3e.bench.infer import reference_reconstruct
-from prom3e.bench.reference import RefProm3e
-from prom3e.bench.timing import interleaved
-from prom3e.bench.train import ours_step, reference_step, synthetic_batches
 from prom3e.models.prom3e import CONFIGS, Prom3e, named_config
+from prom3e.perf.infer import reference_reconstruct
+from prom3e.perf.reference import RefProm3e
+from prom3e.perf.timing import interleaved
+from prom3e.perf.train import ours_step, reference_step, synthetic_batches
 
 BASELINE = Path(__file__).with_name("perf_baseline.json")
 SHAPE = dict(config="base", batch=128, n_mod=6, dim=128)  # small: the test takes seconds

@@ -23,7 +23,7 @@ COMMANDS = [
     "embed",
     "align",
     "benchmark",
-    "bench",
+    "perf",
     "index",
 ]
 

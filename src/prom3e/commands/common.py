@@ -15,8 +15,9 @@ def add_common(p: argparse.ArgumentParser, seed: bool = True, device: bool = Tru
         )
 
 
-def subparser(sub, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+def subparser(sub, name: str, help: str, examples: str, aliases: list[str] | None = None
+              ) -> argparse.ArgumentParser:
     return sub.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter, aliases=aliases or [],
     )

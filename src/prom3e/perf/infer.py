@@ -7,10 +7,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from prom3e.bench.reference import RefProm3e
-from prom3e.bench.timing import interleaved, median
-from prom3e.bench.train import synthetic_batches
 from prom3e.models.prom3e import CONFIGS, Prom3e, named_config
+from prom3e.perf.reference import RefProm3e
+from prom3e.perf.timing import interleaved, median
+from prom3e.perf.train import synthetic_batches
 from prom3e.runtime import resolve_precision
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prom3e.bench import flops
-from prom3e.bench.e2e import time_to_quality
-from prom3e.bench.reference import RefProm3e, reference_params
-from prom3e.bench.retrieval import bench_retrieval
 from prom3e.cli import main
 from prom3e.index.gallery import exact_topk
+from prom3e.perf import flops
+from prom3e.perf.e2e import time_to_quality
+from prom3e.perf.reference import RefProm3e, reference_params
+from prom3e.perf.retrieval import bench_retrieval
 
 
 def test_flop_formulas_at_the_paper_shape():
@@ -48,7 +48,7 @@ def test_time_to_quality_reads_the_log():
 
 
 def test_bench_train_command_prints_json_last(capsys):
-    assert main(["bench", "train", "--config", "tiny", "--batch", "32", "--repeats", "1", "--threads", "2"]) == 0
+    assert main(["perf", "train", "--config", "tiny", "--batch", "32", "--repeats", "1", "--threads", "2"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     r = json.loads(last)
     for key in ("samples_per_s", "flops_per_sample", "matmul_gflops", "fraction_of_matmul", "peak_rss_mb"):
@@ -76,7 +76,7 @@ def test_bench_retrieval_reports_exact_and_approximate(capsys):
 
 
 def test_bench_retrieval_without_faiss_times_exact_only(monkeypatch):
-    import prom3e.bench.retrieval as retrieval
+    import prom3e.perf.retrieval as retrieval
 
     monkeypatch.setattr(retrieval.index_module, "faiss_available", lambda: False)
     r = retrieval.bench_retrieval(sizes=(500,), dim=8, n_queries=5)
@@ -85,7 +85,7 @@ def test_bench_retrieval_without_faiss_times_exact_only(monkeypatch):
 
 @pytest.mark.slow
 def test_bench_e2e_reports_what_the_demo_ran(tmp_path):
-    from prom3e.bench.e2e import bench_e2e
+    from prom3e.perf.e2e import bench_e2e
 
     r = bench_e2e(tmp_path / "demo", extra=["--n", "600", "--epochs", "2"], threads=1)
     assert r["returncode"] == 0, r.get("error")

@@ -6,7 +6,7 @@ Markdown table: for each target, R@1 of the true row's target among the test gal
 the best single visible modality, (c) the reconstruction from the best pair, (d) the
 inversion from the best pair; plus the means over all single / pair visible sets.
 
-    .venv/bin/python bench/core_results.py demo-output/eval/metrics.json
+    .venv/bin/python experiments/core_results.py demo-output/eval/metrics.json
 """
 
 from __future__ import annotations

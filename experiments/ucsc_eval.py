@@ -1,11 +1,11 @@
 """Stage-2 evaluation on real data: ucsc-plants (../shared/data/ucsc-plants; see its README).
 
 1. The table, one of:
-   - ``aligned`` (preferred): stage 1's ``bench/out/ucsc_aligned.parquet`` from
-     ``bench/ucsc_stage1.py`` — image (EfficientNet-Lite0), taxonomic text (MiniLM) and date,
+   - ``aligned`` (preferred): stage 1's ``experiments/out/ucsc_aligned.parquet`` from
+     ``experiments/ucsc_stage1.py`` — image (EfficientNet-Lite0), taxonomic text (MiniLM) and date,
      each aligned to the image anchor — with its ``split`` column (stratified 25 % hold-out);
    - ``projection`` (fallback while stage 1 has not run; ``--table projection`` forces it),
-     written to ``bench/out/ucsc_projection.parquet``:
+     written to ``experiments/out/ucsc_projection.parquet``:
      * ``image``: the 1280-d features, PCA to 64 dims (basis fitted on the training rows),
        L2-normalised;
      * ``text``: a *taxonomy-structured random code*, not a language model: one 64-d vector
@@ -16,14 +16,14 @@
      Image and text are *not* aligned here, so plain cross-modal retrieval (δ = 0) between
      them is at chance by construction: only the model's reconstructions bridge them.
 2. ``prom3e train`` on the ``split=train`` rows (label ``scientific_name``: same-species rows
-   are not negatives) → ``bench/out/ucsc_run_<table>/``.
+   are not negatives) → ``experiments/out/ucsc_run_<table>/``.
 3. ``prom3e evaluate`` on the whole table with ``--split-column split``: every number is on
    the hold-out rows; δ and the probes are fitted on the training rows (README: a linear
    probe on the raw 1280-d image features reaches ≈ 0.66 on such a hold-out).
-   → ``bench/out/ucsc_eval_<table>/`` (metrics.json, report.md, figures).
+   → ``experiments/out/ucsc_eval_<table>/`` (metrics.json, report.md, figures).
 
-    .venv/bin/python bench/ucsc_eval.py                      # aligned if present, else projection
-    .venv/bin/python bench/ucsc_eval.py --table projection --epochs 40 --model base
+    .venv/bin/python experiments/ucsc_eval.py                      # aligned if present, else projection
+    .venv/bin/python experiments/ucsc_eval.py --table projection --epochs 40 --model base
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ucsc-plants"
-OUT = ROOT / "bench" / "out"
+OUT = ROOT / "experiments" / "out"
 LABEL = "scientific_name"
 
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     aligned = args.out / "ucsc_aligned.parquet"
     kind = args.table if args.table != "auto" else ("aligned" if aligned.exists() else "projection")
     if kind == "aligned" and not aligned.exists():
-        raise SystemExit(f"{aligned} not found: run bench/ucsc_stage1.py first")
+        raise SystemExit(f"{aligned} not found: run experiments/ucsc_stage1.py first")
     table = aligned if kind == "aligned" else build_projection(DATA, args.out, seed=args.seed)
     run, ev = args.out / f"ucsc_run_{kind}", args.out / f"ucsc_eval_{kind}"
 

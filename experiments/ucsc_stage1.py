@@ -3,20 +3,20 @@
 1. ``prom3e embed`` (library call) of the observations: taxonomic text
    ``"{family} {scientific_name} ({common_name})"`` through MiniLM (384-d) and the date
    (cyclic day-of-year + year, 3-d);
-2. the feature table ``bench/out/ucsc_features.parquet``: those plus the shipped 1280-d
+2. the feature table ``experiments/out/ucsc_features.parquet``: those plus the shipped 1280-d
    EfficientNet-Lite0 image features and a ``split`` column (stratified 25 % hold-out);
 3. ``prom3e align`` (library call) to the image anchor, with species as the SupCon label,
-   fitted on ``split=train`` only → ``bench/out/ucsc_aligned.parquet`` and
-   ``bench/out/ucsc_align/`` (heads);
+   fitted on ``split=train`` only → ``experiments/out/ucsc_aligned.parquet`` and
+   ``experiments/out/ucsc_align/`` (heads);
 4. zero-shot species accuracy on the hold-out: aligned image → nearest species text
    prototype, against a logistic-regression probe on the raw image features (the README's
    ≈0.66 reference); also image+date vs image probes (a stage-1 proxy for "does the date
    help"; the fused answer comes from stage 2 on the aligned table).
 
-    .venv/bin/python bench/ucsc_stage1.py                  # defaults: lr 1e-4, ≤100 epochs
-    .venv/bin/python bench/ucsc_stage1.py --lr 1e-3 --epochs 40 --tag lr1e-3
+    .venv/bin/python experiments/ucsc_stage1.py                  # defaults: lr 1e-4, ≤100 epochs
+    .venv/bin/python experiments/ucsc_stage1.py --lr 1e-3 --epochs 40 --tag lr1e-3
 
-Figures go to ``bench/out/ucsc_stage1_metrics[_TAG].json`` and stdout.
+Figures go to ``experiments/out/ucsc_stage1_metrics[_TAG].json`` and stdout.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ucsc-plants"
-OUT = ROOT / "bench" / "out"
+OUT = ROOT / "experiments" / "out"
 LABEL = "scientific_name"
 
 SPEC = {

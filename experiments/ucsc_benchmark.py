@@ -1,6 +1,6 @@
 """Benchmark every missing-modality method on the UCSC plants data (../shared/data/ucsc-plants).
 
-The table (written to ``bench/out/ucsc_plants_table.parquet``):
+The table (written to ``experiments/out/ucsc_plants_table.parquet``):
 
 - ``image``: the 1280-d EfficientNet-Lite0 features, PCA to 64 dims (fitted on all rows:
   unsupervised preprocessing, no label), L2-normalised;
@@ -8,10 +8,10 @@ The table (written to ``bench/out/ucsc_plants_table.parquet``):
 
 Text is left out on purpose: there is one text embedding per species, so for a species
 label it is the label itself (a leak: any method would score 100 % whenever it is visible).
-When stage 1's aligned table ``bench/out/ucsc_aligned.parquet`` exists, ``--aligned`` uses
+When stage 1's aligned table ``experiments/out/ucsc_aligned.parquet`` exists, ``--aligned`` uses
 its image and date columns instead (text still dropped).
 
-    .venv/bin/python bench/ucsc_benchmark.py --epochs 20 --seeds 0,1,2 --out bench/out/ucsc
+    .venv/bin/python experiments/ucsc_benchmark.py --epochs 20 --seeds 0,1,2 --out experiments/out/ucsc
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--label", default="scientific_name")
     p.add_argument("--methods", default=None)
-    p.add_argument("--aligned", action="store_true", help="use bench/out/ucsc_aligned.parquet (image, date)")
+    p.add_argument("--aligned", action="store_true", help="use experiments/out/ucsc_aligned.parquet (image, date)")
     p.add_argument("--out", default=str(OUT / "ucsc"))
     p.add_argument("--rebuild", action="store_true", help="rebuild the table even if it exists")
     args, rest = p.parse_known_args(argv)

@@ -8,9 +8,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from prom3e.bench.timing import free
 from prom3e.index import gallery as index_module
 from prom3e.index.gallery import GalleryIndex, exact_topk
+from prom3e.perf.timing import free
 
 
 def approximate_specs(n: int, dim: int = 512) -> list[tuple[str, tuple[str, ...]]]:

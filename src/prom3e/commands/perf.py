@@ -1,21 +1,21 @@
-"""``prom3e bench``: speed benchmarks, ours vs the reference structure, measured in one run."""
+"""``prom3e perf``: speed benchmarks, ours vs the reference structure, measured in one run."""
 
 from __future__ import annotations
 
 from prom3e.commands.common import subparser
 
 EXAMPLES = """\
-  prom3e bench train --config paper --batch 1024 --threads 2
-  prom3e bench encode --config paper --batch 1024
-  prom3e bench retrieval --sizes 100000,1000000
-  prom3e bench e2e --out /tmp/demo
+  prom3e perf train --config paper --batch 1024 --threads 2
+  prom3e perf encode --config paper --batch 1024
+  prom3e perf retrieval --sizes 100000,1000000
+  prom3e perf e2e --out /tmp/demo
 The last line printed is one JSON object; see docs/PERFORMANCE.md.
 """
 
 
 def add_parser(sub) -> None:
-    p = subparser(sub, "bench", "Speed benchmarks (training, encode/reconstruct, retrieval, end to end).",
-                  EXAMPLES)
+    p = subparser(sub, "perf", "Speed benchmarks (training, encode/reconstruct, retrieval, end to end).",
+                  EXAMPLES, aliases=["bench"])
     p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e"])
     p.add_argument("--config", default="paper", choices=["tiny", "base", "paper", "large"])
     p.add_argument("--batch", type=int, default=1024)
@@ -31,13 +31,17 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     import json
+    import sys
+
+    if getattr(args, "command", None) == "bench":
+        print("prom3e: 'prom3e bench' is deprecated; use 'prom3e perf' (same options)", file=sys.stderr)
 
     import torch
 
     torch.set_num_threads(args.threads)
     precisions = ("bf16", "fp32") if args.precision == "both" else (args.precision,)
     if args.what == "train":
-        from prom3e.bench.train import bench_train
+        from prom3e.perf.train import bench_train
 
         r = bench_train(args.config, args.batch, precisions, () if args.no_reference else ("fp32",), args.repeats)
         ref = r.get("speedup_vs_reference_fp32", {})
@@ -46,21 +50,21 @@ def run(args) -> int:
                    f"{r['matmul_gflops_main']:.0f} GFLOP/s matmul rate"
                    + "".join(f"; {k} {v:.2f}x reference fp32" for k, v in ref.items() if k.startswith("ours")))
     elif args.what in ("encode", "reconstruct"):
-        from prom3e.bench.infer import bench_infer
+        from prom3e.perf.infer import bench_infer
 
         r = bench_infer(args.config, args.batch, args.repeats, precisions=tuple(reversed(precisions)))
         summary = (f"encode {args.config} batch {args.batch} threads {r['threads']} {r['precision']}: "
                    f"{r['samples_per_s']:.0f} samples/s (1 visible), {r['encode_x_reference']:.2f}x reference "
                    f"fp32; slowest case {r['min_x_reference']:.2f}x ({r['min_x_reference_case']})")
     elif args.what == "retrieval":
-        from prom3e.bench.retrieval import bench_retrieval
+        from prom3e.perf.retrieval import bench_retrieval
 
         r = bench_retrieval(tuple(int(s) for s in args.sizes.split(",")))
         summary = (f"retrieval dim {r['dim']}, {r['queries']} queries in one batch, threads {r['threads']}: "
                    + "; ".join(f"{k}: {v['queries_per_s']:.0f} q/s, R@10 {v['recall_at_10']:.3f}"
                                for k, v in r["results"].items()))
     else:
-        from prom3e.bench.e2e import bench_e2e
+        from prom3e.perf.e2e import bench_e2e
 
         r = bench_e2e(args.out, threads=args.threads)
         ttq = r.get("time_to_quality", {})

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from prom3e.bench import flops
-from prom3e.bench.reference import RefProm3e, reference_visible
-from prom3e.bench.timing import interleaved, matmul_gflops, median, peak_rss_mb
 from prom3e.data.masking import sample_visible, training_targets
 from prom3e.models.prom3e import CONFIGS, Prom3e, named_config
+from prom3e.perf import flops
+from prom3e.perf.reference import RefProm3e, reference_visible
+from prom3e.perf.timing import interleaved, matmul_gflops, median, peak_rss_mb
 from prom3e.train.loop import TrainConfig, make_optimizer, training_step
 
 VISIBLE_PROBS = (0.9, 0.1)
