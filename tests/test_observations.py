@@ -20,7 +20,7 @@ from prom3e.data.observations import read_observations
 from prom3e.data.table import read_table
 from prom3e.encoders.base import Encoder
 from prom3e.encoders.date import DateEncoder, parse_dates
-from prom3e.encoders.embed import embed, gather_inputs
+from prom3e.encoders.embed import URL_HELP, embed, gather_inputs
 from prom3e.encoders.registry import EncoderInfo, register
 from prom3e.encoders.spec import parse_spec
 from prom3e.errors import Prom3eError
@@ -186,6 +186,8 @@ def test_inaturalist_export(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "photo: 3 value(s) are URLs, which are never fetched; download the files first (docs/" in text
     assert "left out photo: no row has a usable value" in text
+    doc, heading = URL_HELP.split(", ")  # the pointer leads to a real section
+    assert f"# {heading.strip(chr(39))}" in (Path(__file__).parents[1] / doc).read_text()
     assert "when: 2 present, 1 empty input, 0 unusable" in text
     t = pq.read_table(out)
     assert "photo" not in t.column_names

@@ -6,6 +6,7 @@ plus, optionally, the year as ``(year − origin) / scale``. Dates are read by
 from __future__ import annotations
 
 import datetime as dt
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -15,14 +16,23 @@ import numpy as np
 from prom3e.encoders.base import Encoder
 
 _NO_DEFAULT = (dt.datetime(2000, 1, 1), dt.datetime(2001, 2, 2))
+# "YYYY-MM-DD" then a time ("T…", " …"), an interval's end ("/…") or nothing: the date as
+# written is that prefix, whatever follows (a time, a zone: not converted)
+_ISO_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T /]|$)")
 
 
 def _parse_text(s: str, dayfirst: bool) -> np.datetime64:
     """One date string → its day, or NaT. ISO 8601 first (``dateutil.parser.isoparse``), then
-    free-form (``dateutil.parser.parse``: "2021-05-02 14:03:11 UTC", "May 2, 2021", …)."""
+    free-form (``dateutil.parser.parse``: "Sun May 02 2021 07:03:11 GMT-0700", …)."""
     from dateutil import parser
 
     s = s.strip()
+    m = _ISO_DAY.match(s)
+    if m:  # the common case (GBIF eventDate, iNaturalist observed_on/time_observed_at): fast
+        try:
+            return np.datetime64(m.group(1), "D")
+        except ValueError:
+            return np.datetime64("NaT")
     if s.count("/") == 1:  # an ISO 8601 interval "start/end": its start
         start = s.split("/")[0].strip()
         try:

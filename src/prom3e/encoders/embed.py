@@ -37,7 +37,7 @@ from prom3e.errors import Prom3eError
 __all__ = ["EmbedSummary", "embed", "encoder_configs", "gather_inputs", "read_observations"]
 
 ROW_COLUMN = "obs_row"
-URL_HELP = "docs/DATA.md, 'Photos and sounds given as URLs'"
+URL_HELP = "docs/STAGE1.md, 'Photos and sounds given as URLs'"
 META_KEY = b"prom3e.embed"
 ENCODER_KEY = b"prom3e.encoder"
 
