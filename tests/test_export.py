@@ -107,6 +107,8 @@ def test_model_card(tiny_run, exported):
     assert 'Fuser.load("hf-hub:lab/tiny-prom3e")' in body
     assert "prom3e evaluate --model hf-hub:lab/tiny-prom3e" in body
     assert f"| {schema[0]['name']} | {schema[0]['dim']} |" in body
+    card = hf.ModelCard.load(exported / "README.md")  # the Hub's own reader takes it
+    assert card.data.license == "cc-by-4.0" and card.data.library_name == "prom3e"
 
 
 def test_export_with_evaluation_and_encoders(tiny_run, tmp_path, small_parquet):

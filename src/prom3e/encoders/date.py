@@ -49,7 +49,9 @@ def _parse_text(s: str, dayfirst: bool) -> np.datetime64:
     with warnings.catch_warnings():  # "PDT" and friends: the date as written is all we use
         warnings.simplefilter("ignore")
         try:
-            a, b = (parser.parse(s, default=d, dayfirst=dayfirst) for d in _NO_DEFAULT)
+            a = b = parser.parse(s, default=_NO_DEFAULT[0], dayfirst=dayfirst)
+            if a.year == 2000 or a.month == 1 or a.day == 1:  # perhaps a default: parse again
+                b = parser.parse(s, default=_NO_DEFAULT[1], dayfirst=dayfirst)
         except (ValueError, OverflowError, TypeError):
             return np.datetime64("NaT")
     if a.year != b.year or a.month != b.month:  # no year, or no month: not a date
