@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,16 +48,25 @@ class Fuser:
     @classmethod
     def load(cls, run: str | os.PathLike, device: str = "auto", which: str = "best",
              precision: str = "auto", aligner: str | os.PathLike | None = None) -> Fuser:
-        """Load a run folder (``which='last'`` for the latest epoch instead of the best).
+        """Load a trained model (``which='last'`` for a run's latest epoch instead of the best).
 
+        ``run``: a run folder (``prom3e train``) or exported folder (``prom3e export``), as a
+        path, ``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REVISION]`` (see :mod:`prom3e.hub`).
         ``precision='auto'`` runs bf16 where the hardware has bf16 matrix units (as training
         does); ``'fp32'`` for bit-exact comparisons with a model in memory. ``aligner``: a
-        folder written by ``prom3e align --model-out``; batches then hold raw encoder
-        features, which its heads map into the aligned space before fusion.
+        folder written by ``prom3e align --model-out`` (any reference form), or ``"bundled"``
+        for the heads an exported model carries; batches then hold raw encoder features,
+        which its heads map into the aligned space before fusion.
         """
-        run = Path(run)
-        if not run.is_dir():
-            raise Prom3eError(f"{run}: no such run folder")
+        from prom3e.hub import resolve_folder
+
+        run = resolve_folder(run, what="run folder")  # a reference → a local folder
+        if aligner == "bundled":
+            aligner = run / "aligner"
+            if not aligner.is_dir():
+                raise Prom3eError(f"{run}: bundles no aligner (export it with --aligner)")
+        elif aligner is not None:
+            aligner = resolve_folder(aligner, what="aligner folder")
         modalities, dims = ckpt.read_schema(run)
         config = ckpt.read_json(run / "config.json")
         try:

@@ -9,6 +9,8 @@ from prom3e.commands.common import add_common, subparser
 EXAMPLES = """\
   prom3e embed --observations obs.csv --spec embed.yaml --out features.parquet
   prom3e embed --observations obs.csv --spec embed.yaml --out features.parquet --restart
+  prom3e embed --observations 0012345-230224095556074.zip --spec gbif.yaml --out features.parquet
+  prom3e embed --observations observations-1234.csv --spec inat.yaml --out features.parquet
   prom3e embed --list-encoders
 
 embed.yaml:
@@ -20,13 +22,20 @@ embed.yaml:
     loc:   {encoder: geoclip, columns: [lat, lon]}
     date:  {encoder: date, column: observed_on, options: {year: true}}
 
+Observations: CSV/TSV (delimiter by extension, or --delimiter), Parquet, GBIF downloads
+(simple or Darwin Core Archive zip: its meta.xml is read), iNaturalist CSV exports; see
+docs/DATA.md. URLs (image_url) are never fetched: download the files first.
 A killed run resumes where it stopped when run again with the same spec.
 """
 
 
 def add_parser(sub) -> None:
     p = subparser(sub, "embed", "turn observations into feature vectors (stage 1)", EXAMPLES)
-    p.add_argument("--observations", help="CSV or Parquet file, one row per observation")
+    p.add_argument("--observations", help="one row per observation: CSV/TSV, Parquet, or a GBIF/Darwin "
+                   "Core Archive zip")
+    p.add_argument("--delimiter", help="field delimiter: one character or tab/comma/semicolon/pipe "
+                   "(default: by extension: .csv comma, .tsv/.txt tab)")
+    p.add_argument("--encoding", help="text encoding (default: UTF-8, or what meta.xml says)")
     p.add_argument("--spec", help="YAML/JSON: modality → encoder and input column(s)")
     p.add_argument("--out", help="output feature table (Parquet)")
     p.add_argument("--restart", action="store_true",
@@ -58,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     summary = embed(args.observations, load_spec(args.spec), args.out, device=args.device,
-                    restart=args.restart, progress=not args.no_progress)
+                    restart=args.restart, progress=not args.no_progress,
+                    delimiter=args.delimiter, encoding=args.encoding)
     print("\n".join(summary.lines()))
     return 0

@@ -23,13 +23,17 @@ def _csv(value: str | None) -> list[str] | None:
 def add_parser(sub) -> None:
     p = subparser(sub, "evaluate", "Evaluate a trained model: retrieval (modality inversion), zero-shot, "
                   "linear probes, uncertainty, modality gap.", EXAMPLES)
-    p.add_argument("--model", required=True, help="run folder written by 'prom3e train'")
+    p.add_argument("--model", required=True, help="the trained model: a run folder ('prom3e train'), an "
+                   "exported folder ('prom3e export'), local-dir:PATH or hf-hub:ORG/NAME[@REVISION]")
     p.add_argument("--data", required=True, help="Parquet table to evaluate on (held-out rows)")
     p.add_argument("--aligner", metavar="DIR",
-                   help="stage-1 heads ('prom3e align --model-out'): --data then holds raw encoder features")
+                   help="stage-1 heads ('prom3e align --model-out', local-dir:PATH, hf-hub:ORG/NAME, or "
+                   "'bundled': those exported with --model): --data then holds raw encoder features")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--label", help="label column (zero-shot, probes, stratified split)")
-    p.add_argument("--modalities", help="comma-separated modalities to use (default: all in the table)")
+    p.add_argument("--modalities", help="comma-separated modality columns of --data to read and use; the "
+                   "others are ignored (e.g. one the model does not know) and rows with none of them "
+                   "are left out (default: every modality column)")
     p.add_argument("--visible", action="append", metavar="A+B",
                    help="a visible set, modalities joined by '+'; repeat for several "
                         "(default: every set of 1..--max-visible modalities)")
@@ -63,7 +67,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from prom3e.api import Fuser
-    from prom3e.data.table import read_table
     from prom3e.errors import Prom3eError
     from prom3e.tasks.evaluate import evaluate
 
@@ -71,9 +74,9 @@ def run(args) -> int:
         if getattr(args, name) < 1:
             raise Prom3eError(f"--{name.replace('_', '-')} must be ≥ 1")
     fuser = Fuser.load(args.model, device=args.device, aligner=args.aligner)
-    table = read_table(args.data)
     visible = [[v for v in s.split("+") if v] for s in args.visible] if args.visible else None
     cm = None if args.class_modality == "none" else args.class_modality
+    table = _read(args.data, _csv(args.modalities), cm)
     command = _command_line(args)
     metrics = evaluate(
         fuser, table, label=args.label, out_dir=args.out, modalities=_csv(args.modalities),
@@ -88,6 +91,23 @@ def run(args) -> int:
     for line in headline(metrics):
         print("  " + line)
     return 0
+
+
+def _read(path: str, modalities: list[str] | None, class_modality: str | None):
+    """The --data table: with --modalities, only those columns (+ a named class modality)."""
+    from prom3e.data.table import read_table
+
+    if modalities is None:
+        return read_table(path)
+    cols = list(dict.fromkeys([*modalities, *([class_modality] if class_modality not in (None, "auto") else [])]))
+    table = read_table(path, cols, drop_empty=True)
+    if not path.endswith(".npy"):
+        import pyarrow.parquet as pq
+
+        left = pq.read_metadata(path).num_rows - len(table)
+        if left:
+            print(f"{path}: {left} row(s) have none of {', '.join(cols)}; left out")
+    return table
 
 
 def _command_line(args) -> str:

@@ -13,7 +13,8 @@ EXAMPLES = """\
 
 def add_parser(sub) -> None:
     p = subparser(sub, "reconstruct", "Reconstruct a target modality from the visible ones.", EXAMPLES)
-    p.add_argument("--model", required=True, help="run folder written by 'prom3e train'")
+    p.add_argument("--model", required=True, help="the trained model: a run folder ('prom3e train'), an "
+                   "exported folder ('prom3e export'), local-dir:PATH or hf-hub:ORG/NAME[@REVISION]")
     p.add_argument("--data", required=True, help="Parquet table with the model's modalities")
     p.add_argument("--target", required=True, help="modality to reconstruct")
     p.add_argument("--visible", help="comma-separated visible modalities (default: every present "

@@ -178,8 +178,12 @@ def _modality_array(col: pa.ChunkedArray, name: str, source: str) -> tuple[np.nd
     return out, present
 
 
-def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[str] | None = None) -> ModalTable:
-    """Validate an Arrow table against the contract and convert it."""
+def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[str] | None = None,
+               drop_empty: bool = False) -> ModalTable:
+    """Validate an Arrow table against the contract and convert it.
+
+    ``modalities``: read only these modality columns (others are ignored); ``drop_empty``:
+    leave out rows with none of them instead of failing."""
     if table.num_rows == 0:
         raise Prom3eError(f"{source}: the table is empty")
     names = [f.name for f in table.schema if _is_list(f.type)]
@@ -200,7 +204,7 @@ def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[st
         pres.append(p)
     present = np.stack(pres, 1)
     empty = np.flatnonzero(~present.any(1))
-    if empty.size:
+    if empty.size and not drop_empty:
         raise Prom3eError(
             f"{source}: row {int(empty[0])} has no modality present ({empty.size} such row(s))"
         )
@@ -209,11 +213,14 @@ def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[st
         for f in table.schema
         if not _is_list(f.type)
     }
-    return ModalTable(names, feats, present, meta, source)
+    out = ModalTable(names, feats, present, meta, source)
+    return out.take(np.flatnonzero(present.any(1))) if empty.size else out
 
 
-def read_table(path: str | os.PathLike, modalities: Sequence[str] | None = None) -> ModalTable:
-    """Read and validate a Parquet table (or a reference ``.npy`` dict, via :func:`import_npy`)."""
+def read_table(path: str | os.PathLike, modalities: Sequence[str] | None = None,
+               drop_empty: bool = False) -> ModalTable:
+    """Read and validate a Parquet table (or a reference ``.npy`` dict, via :func:`import_npy`);
+    ``modalities`` and ``drop_empty`` as in :func:`from_arrow` (Parquet only)."""
     path = Path(path)
     if not path.exists():
         raise Prom3eError(f"{path}: no such file")
@@ -223,7 +230,7 @@ def read_table(path: str | os.PathLike, modalities: Sequence[str] | None = None)
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise Prom3eError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    return from_arrow(table, str(path), modalities)
+    return from_arrow(table, str(path), modalities, drop_empty)
 
 
 def read_column(path: str | os.PathLike, name: str, meta: bool = False
