@@ -25,6 +25,7 @@ COMMANDS = [
     "benchmark",
     "perf",
     "index",
+    "serve",
 ]
 
 
