@@ -65,6 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--seed", type=int, default=0, help="seed of the prototype calibration sample (default: 0)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to run (default: cpu)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="inference precision (default: auto = bf16 where the CPU/GPU has bf16 matrix units)")
     p.set_defaults(func=run)
 
 
@@ -94,7 +96,8 @@ def config_from_args(args: argparse.Namespace):
                        index_meta=index_meta, gallery=args.gallery, prototypes=args.prototypes, label=args.label,
                        class_modality=args.class_modality, examples=args.examples, max_rows=args.max_rows,
                        max_body_bytes=args.max_body_bytes, api_key_env=args.api_key_env,
-                       cors_origins=list(args.cors_origin or []), device=args.device, threads=args.threads,
+                       cors_origins=list(args.cors_origin or []), device=args.device, precision=args.precision,
+                       threads=args.threads,
                        seed=args.seed)
 
 

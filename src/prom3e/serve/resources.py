@@ -205,7 +205,19 @@ class Examples:
 
 
 def load_examples(path: str | os.PathLike, modalities: list[str], dims: list[int]) -> Examples:
-    t = read_table(path)
+    """The first rows (at most :data:`MAX_EXAMPLES` with a modality) of a table; only those are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prom3e.data.table import from_arrow
+
+    try:
+        first = next(pq.ParquetFile(path).iter_batches(batch_size=4 * MAX_EXAMPLES), None)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise Prom3eError(f"--examples {path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    if first is None:
+        raise Prom3eError(f"--examples {path}: the table is empty")
+    t = from_arrow(pa.Table.from_batches([first]), str(path))
     keep = [m for m in t.modalities if m in modalities]
     if not keep:
         raise Prom3eError(f"--examples {path}: none of its modalities ({', '.join(t.modalities)}) is the model's")

@@ -45,6 +45,7 @@ class ServeConfig:
     api_key_env: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     device: str = "cpu"
+    precision: str = "auto"  # as Fuser.load: bf16 where the hardware has bf16 matrix units
     threads: int | None = None
     seed: int = 0
 
@@ -57,7 +58,7 @@ class Service:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.fuser = Fuser.load(cfg.model, device=cfg.device)
+        self.fuser = Fuser.load(cfg.model, device=cfg.device, precision=cfg.precision)
         self.aligner = None
         if cfg.aligner:
             from prom3e.align import load_aligner
@@ -98,7 +99,7 @@ class Service:
                          "raw_unavailable": self.raw_unavailable.get(m)})
         mc = self.fuser.model.cfg
         return {
-            "model": {"path": str(Path(self.cfg.model)), "config": mc.to_dict(),
+            "model": {"path": str(Path(self.cfg.model)), "config": mc.to_dict(), "precision": self.fuser.precision,
                       "parameters": sum(p.numel() for p in self.fuser.model.parameters())},
             "modalities": mods,
             "aligner": None if self.aligner is None else {"path": self.cfg.aligner, "anchor": self.aligner.anchor,
