@@ -192,10 +192,10 @@ async function pickExample(row) {
 // --- answers ----------------------------------------------------------------------------
 function bars(container, items, opts = {}) {
   container.replaceChildren();
-  const max = Math.max(...items.map((i) => Math.abs(i.value)), 1e-12);
+  const max = Math.max(...items.map((i) => i.value), 1e-12);  // bars for positive values only
   items.forEach((it, k) => {
     const fill = el("div", { class: "fill" });
-    fill.style.width = `${Math.max(0, (opts.scale ? opts.scale(it.value) : Math.abs(it.value) / max)) * 100}%`;
+    fill.style.width = `${Math.max(0, (opts.scale ? opts.scale(it.value) : it.value / max)) * 100}%`;
     const row = el("div", { class: "bar" + (k === (opts.best ?? -1) ? " best" : "") + (it.value < 0 ? " neg" : "") },
       el("span", { class: "name", text: it.name, title: it.name }), el("div", { class: "track" }, fill),
       el("span", { class: "val", text: opts.format ? opts.format(it.value) : it.value.toFixed(3) }));
@@ -319,7 +319,7 @@ async function load() {
   const ll = latlonModality();
   $("map").classList.toggle("inactive", !ll);
   $("map-note").textContent = ll ? `Click the map to set '${ll.name}' (lat, lon), or type the numbers below.`
-    : "No modality of this model takes raw coordinates here; the pin shows an example's location.";
+    : "No modality of this model takes raw coordinates here" + (sc.examples ? "; the pin shows the picked example's location." : ".");
   const target = $("target");
   target.replaceChildren(...Object.keys(sc.indexes).map((k) => el("option", { value: k, text: `${k} (${sc.indexes[k].size})` })));
   target.hidden = !Object.keys(sc.indexes).length;
