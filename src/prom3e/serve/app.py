@@ -41,6 +41,15 @@ REQUESTS = {"/encode": S.EncodeRequest, "/reconstruct": S.ReconstructRequest, "/
 log = logging.getLogger("prom3e.serve")
 
 
+class FastJSON(JSONResponse):
+    """JSON through orjson: NumPy float arrays written directly (float32 → shortest float32 text)."""
+
+    def render(self, content) -> bytes:
+        import orjson
+
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _error(status: int, detail: str, field: str | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "field": field}, status_code=status)
 
@@ -158,7 +167,7 @@ def create_app(service: Service) -> FastAPI:
         return _error(500, "internal error (see the server's log)")
 
     def ok(results) -> JSONResponse:
-        return JSONResponse({"results": results})
+        return FastJSON({"results": results})
 
     # --- the page --------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

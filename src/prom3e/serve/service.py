@@ -124,8 +124,8 @@ class Service:
         x, present = self.parser.parse(rows)
         post = self._run(self.fuser.encode, (x, present))
         sig = post.sigma_l1.tolist()
-        mu = post.mu.tolist()
-        lv = post.logvar.tolist() if logvar else None
+        mu = post.mu.numpy()  # rows of float32 arrays: the response writes them directly
+        lv = post.logvar.numpy() if logvar else None
         out = [{"visible": v, "mu": mu[i], "sigma_l1": sig[i], **({"logvar": lv[i]} if logvar else {})}
                for i, v in enumerate(self.visible_names(present))]
         if subsets:
@@ -175,7 +175,7 @@ class Service:
                         return_samples=spread, return_sigma=True)
         vis = self.visible_names(present)
         out = []
-        values = {t: rec[t].tolist() for t in targets}
+        values = {t: rec[t].numpy() for t in targets}
         spreads = {}
         if spread:  # mean over draws of 1 − cos(draw, the draws' normalised mean)
             for t in targets:
