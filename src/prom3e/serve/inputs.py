@@ -103,7 +103,10 @@ class RowParser:
                         feat_todo.setdefault(name, []).append((r, a))
                         present[r, m] = True
                     else:
-                        raise BadInput(where, f"{len(a)} values; '{name}' takes {self._describe_dims(name)}")
+                        hint = ""
+                        if len(a) == 2 and name not in self.raw:  # looks like [lat, lon]
+                            hint = f"; raw coordinates are not taken for it: {self.why.get(name, 'no encoder')}"
+                        raise BadInput(where, f"{len(a)} values; '{name}' takes {self._describe_dims(name)}{hint}")
                     continue
                 if name not in self.raw:
                     kind = "text" if isinstance(value, str) else "this value"

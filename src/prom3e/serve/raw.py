@@ -7,9 +7,9 @@ Where the record lives (first found wins, per modality):
 2. the aligner folder's ``config.json`` ``"encoders"`` (``prom3e align`` copies the configs
    that ``prom3e embed`` writes into each feature column's Parquet field metadata); the
    aligner's head for the modality then maps the encoder's output into the model's space;
-3. the run folder's ``encoders.json`` (same layout; written by ``prom3e demo`` and by
-   ``prom3e train`` when the training table's columns carry embed metadata): the encoder's
-   output *is* the model's input, no head.
+3. the run folder's ``encoders.json`` (same layout; written by ``prom3e train`` when the
+   training table's columns carry embed metadata, i.e. a model trained straight on
+   ``prom3e embed`` features): the encoder's output *is* the model's input, no head.
 
 A modality gets a raw input when its recorded encoder takes coordinates (``latlon``),
 text or a date, builds here (its package is installed) and its output fits (the head's
