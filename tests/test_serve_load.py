@@ -51,3 +51,18 @@ def test_perf_serve_rejects_bad_options(capsys, opt):
 
     assert main(["perf", "serve", *opt]) == 2
     assert opt[0] in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_workers_each_load_the_model(tiny_run, monkeypatch):
+    import urllib.request
+
+    from prom3e.perf.serve import running_server
+
+    body = json.dumps({"rows": [{"image": [0.25] * 16}]}).encode()
+    with running_server(["--model", str(tiny_run), "--workers", "2", "--threads", "1", "--api-key-env",
+                         "PROM3E_LOAD_KEY"], env={"PROM3E_LOAD_KEY": "k"}) as url:
+        for _ in range(6):
+            req = urllib.request.Request(url + "/encode", body, {"Content-Type": "application/json", "X-API-Key": "k"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert r.status == 200 and json.loads(r.read())["results"][0]["visible"] == ["image"]

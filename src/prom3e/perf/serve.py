@@ -170,6 +170,8 @@ def bench_serve(config: str = "base", dim: int = 64, n_mod: int = 6, rows: Seque
         args = ["--model", str(Path(tmp) / "run"), "--threads", str(threads), "--workers", str(workers),
                 "--precision", precision, "--max-rows", str(max(rows))]
         with running_server(args) as url:
+            with urllib.request.urlopen(url + "/schema", timeout=30) as r:
+                res["precision_resolved"] = json.loads(r.read())["model"]["precision"]
             for b in rows:
                 bodies = request_bodies(mods, dim, b)
                 load(url, endpoint, bodies, warmup, min(concurrency, warmup), time_limit_s)
