@@ -120,3 +120,36 @@ def test_page_with_only_the_model_says_what_is_missing(browser, tiny_run, tmp_pa
         assert "--gallery" in browser.find_element(By.ID, "items").text
         assert _bars(browser, "sigma") and browser.find_element(By.CSS_SELECTOR, "#next .next-pick strong").text
         _screenshot(browser, tmp_path / "page-model-only.png")
+
+
+def test_page_takes_coordinates_from_the_map_and_text(browser, raw_chain, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    args = ["--model", str(raw_chain / "run"), "--aligner", str(raw_chain / "align"), "--prototypes",
+            str(raw_chain / "aligned.parquet"), "--gallery", str(raw_chain / "aligned.parquet"),
+            "--precision", "fp32", "--threads", "1"]
+    with running_server(args) as url:
+        browser.get(url + "/")
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "query").get_attribute("data-ready") == "1")
+        assert "not" not in (browser.find_element(By.ID, "map").get_attribute("class") or "")
+        assert "Click the map to set 'loc'" in browser.find_element(By.ID, "map-note").text
+        # click the map where (lat 37, lon −122) is drawn (offsets from the element's centre)
+        m = browser.find_element(By.ID, "map")
+        w, h = m.size["width"], m.size["height"]
+        lat, lon = 37.0, -122.0
+        ActionChains(browser).move_to_element_with_offset(
+            m, int((lon + 180) / 360 * w - w / 2), int((90 - lat) / 180 * h - h / 2)).click().perform()
+        got_lat = float(browser.find_element(By.CSS_SELECTOR, "input[aria-label=latitude]").get_attribute("value"))
+        got_lon = float(browser.find_element(By.CSS_SELECTOR, "input[aria-label=longitude]").get_attribute("value"))
+        assert abs(got_lat - lat) < 2 and abs(got_lon - lon) < 2
+        assert browser.find_element(By.ID, "vis-loc").is_selected()
+        assert browser.find_element(By.ID, "marker").get_attribute("hidden") is None
+        browser.find_element(By.CSS_SELECTOR, "input[aria-label='text text']").send_keys("Rosa californica")
+        assert browser.find_element(By.ID, "vis-text").is_selected()
+        assert _ask(browser) == "ok", browser.find_element(By.ID, "status").text
+        species = _bars(browser, "species")
+        api = _post(url + "/classify", {"rows": [{"loc": [got_lat, got_lon], "text": "Rosa californica"}],
+                                         "k": 5})["results"][0]["labels"]
+        assert len(species) == 4 and [s[0] for s in species] == [lab["label"] for lab in api]
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#items table.items tbody tr")) == 8
+        _screenshot(browser, tmp_path / "page-raw.png")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="prom3e serve needs the 'serve' extra (fastapi, uvicorn, httpx)")
-pytest.importorskip("sentence_transformers", reason="the text encoder needs prom3e[text]")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from prom3e.api import Fuser  # noqa: E402
@@ -24,38 +23,11 @@ from prom3e.serve.app import create_app  # noqa: E402
 from prom3e.serve.service import ServeConfig, Service  # noqa: E402
 
 pytestmark = pytest.mark.slow
-SPECIES = {"Rosa californica": (37.0, -122.0), "Quercus agrifolia": (34.0, -118.3),
-           "Salvia mellifera": (32.7, -117.1), "Pinus radiata": (36.6, -121.9)}
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    try:
-        get_encoder("geoclip").prepare()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"GeoCLIP's weights are not installed (pip install --no-deps geoclip): {e}")
-    d = tmp_path_factory.mktemp("raw")
-    rng = np.random.default_rng(0)
-    lines = ["species,lat,lon,observed_on"]
-    for i in range(160):
-        name = list(SPECIES)[i % 4]
-        lat, lon = SPECIES[name]
-        lines.append(f"{name},{lat + rng.normal(0, 0.5):.4f},{lon + rng.normal(0, 0.5):.4f},"
-                     f"2023-{1 + i % 12:02d}-{1 + i % 27:02d}")
-    (d / "obs.csv").write_text("\n".join(lines) + "\n")
-    (d / "spec.yaml").write_text(
-        "keep: [species]\nmodalities:\n"
-        "  loc: {encoder: geoclip, columns: [lat, lon]}\n"
-        "  text: {encoder: minilm, column: species}\n"
-        "  date: {encoder: date, column: observed_on}\n")
-    assert main(["embed", "--observations", str(d / "obs.csv"), "--spec", str(d / "spec.yaml"),
-                 "--out", str(d / "features.parquet"), "--no-progress"]) == 0
-    assert main(["align", "--data", str(d / "features.parquet"), "--anchor", "loc", "--label", "species",
-                 "--dim", "16", "--hidden", "64", "--epochs", "3", "--out", str(d / "aligned.parquet"),
-                 "--model-out", str(d / "align"), "--no-progress"]) == 0
-    assert main(["train", "--data", str(d / "aligned.parquet"), "--out", str(d / "run"), "--model", "tiny",
-                 "--epochs", "2", "--batch-size", "32", "--quiet", "--precision", "fp32"]) == 0
-    return d
+def chain(raw_chain):
+    return raw_chain
 
 
 def make(chain, **kw):
