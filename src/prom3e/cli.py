@@ -26,6 +26,7 @@ COMMANDS = [
     "perf",
     "index",
     "export",
+    "serve",
 ]
 
 

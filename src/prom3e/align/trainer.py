@@ -206,7 +206,7 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
         bar.close()
         torch.random.set_rng_state(torch_state)
         torch.set_num_threads(threads)
-    return Aligner(anchor, dim, heads, record, device)
+    return Aligner(anchor, dim, heads, record, device, encoders)
 
 
 def parse_where(expr: str | None, table: ModalTable) -> np.ndarray:

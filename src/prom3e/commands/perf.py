@@ -9,6 +9,7 @@ EXAMPLES = """\
   prom3e perf encode --config paper --batch 1024
   prom3e perf retrieval --sizes 100000,1000000
   prom3e perf e2e --out /tmp/demo
+  prom3e perf serve --config base --requests 5000 --concurrency 16 --rows 1,64
 The last line printed is one JSON object; see docs/PERFORMANCE.md.
 """
 
@@ -16,8 +17,9 @@ The last line printed is one JSON object; see docs/PERFORMANCE.md.
 def add_parser(sub) -> None:
     p = subparser(sub, "perf", "Speed benchmarks (training, encode/reconstruct, retrieval, end to end).",
                   EXAMPLES, aliases=["bench"])
-    p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e"])
-    p.add_argument("--config", default="paper", choices=["tiny", "base", "paper", "large"])
+    p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e", "serve"])
+    p.add_argument("--config", default=None, choices=["tiny", "base", "paper", "large"],
+                   help="model config (default: paper; serve: base, the demo's)")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (medians reported)")
@@ -26,6 +28,15 @@ def add_parser(sub) -> None:
     p.add_argument("--no-reference", action="store_true", help="train: skip the reference re-implementation")
     p.add_argument("--sizes", default="100000,1000000", help="retrieval: gallery sizes")
     p.add_argument("--out", default="bench-demo", help="e2e: demo output folder")
+    p.add_argument("--requests", type=int, default=5000, help="serve: requests per batch size (default 5000)")
+    p.add_argument("--concurrency", type=int, default=16, help="serve: concurrent clients (default 16)")
+    p.add_argument("--rows", default="1,64", help="serve: rows per request, comma-separated (default 1,64)")
+    p.add_argument("--dim", type=int, default=64, help="serve: dim of each of the 6 modalities (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="serve: server worker processes (default 1)")
+    p.add_argument("--endpoint", default="/encode", choices=["/encode", "/reconstruct", "/next-modality"],
+                   help="serve: the endpoint to load (default /encode)")
+    p.add_argument("--time-limit", type=float, default=300.0,
+                   help="serve: seconds per batch size at most (default 300)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +49,10 @@ def run(args) -> int:
 
     import torch
 
+    from prom3e.errors import Prom3eError
+
+    if args.config is None:
+        args.config = "base" if args.what == "serve" else "paper"
     torch.set_num_threads(args.threads)
     precisions = ("bf16", "fp32") if args.precision == "both" else (args.precision,)
     if args.what == "train":
@@ -63,6 +78,25 @@ def run(args) -> int:
         summary = (f"retrieval dim {r['dim']}, {r['queries']} queries in one batch, threads {r['threads']}: "
                    + "; ".join(f"{k}: {v['queries_per_s']:.0f} q/s, R@10 {v['recall_at_10']:.3f}"
                                for k, v in r["results"].items()))
+    elif args.what == "serve":
+        from prom3e.perf.serve import bench_serve
+
+        try:
+            rows = tuple(int(r) for r in args.rows.split(","))
+        except ValueError:
+            raise Prom3eError(f"--rows wants comma-separated integers, got '{args.rows}'") from None
+        for name, v in (("requests", args.requests), ("concurrency", args.concurrency), ("workers", args.workers),
+                        ("dim", args.dim), ("rows", min(rows))):
+            if v < 1:
+                raise Prom3eError(f"--{name} must be ≥ 1, got {v}")
+        if not 0 < args.time_limit <= 3600:
+            raise Prom3eError(f"--time-limit must be in (0, 3600] seconds, got {args.time_limit}")
+        r = bench_serve(args.config, args.dim, 6, rows, args.requests, args.concurrency, args.threads,
+                        args.workers, args.endpoint, "auto" if args.precision == "both" else args.precision,
+                        args.time_limit)
+        summary = f"serve {args.endpoint} {args.config} 6×{args.dim}-d, {args.concurrency} clients, " + "; ".join(
+            f"{k}: {v['requests_per_s']:.0f} req/s, p50 {v['latency_ms']['p50']:.1f} ms, p99 "
+            f"{v['latency_ms']['p99']:.1f} ms, {v['errors']} errors" for k, v in r["results"].items())
     else:
         from prom3e.perf.e2e import bench_e2e
 

@@ -70,6 +70,21 @@ def run(args) -> int:
     summary = train(table, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if summary.get("rank", 0) != 0:
         return 0
+    record_encoders(args.data, args.out, table.modalities)
     print(f"done: best validation R@1 {summary['best_val_r1_mean']:.4f} after {summary['epochs']} "
           f"epochs → {args.out}/model.safetensors")
     return 0
+
+
+def record_encoders(data: str, run: str, modalities: list[str]) -> None:
+    """``RUN/encoders.json``: the encoder configs ``prom3e embed`` recorded in the training
+    table's columns (a model trained straight on embed features; ``prom3e serve`` rebuilds
+    them for raw inputs). Nothing is written for tables without them (e.g. aligned ones)."""
+    from pathlib import Path
+
+    from prom3e.encoders.embed import encoder_configs
+    from prom3e.train.checkpoint import write_json
+
+    found = {m: c for m, c in encoder_configs(data).items() if m in modalities}
+    if found:
+        write_json(Path(run) / "encoders.json", found)
