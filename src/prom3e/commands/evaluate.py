@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     p = subparser(sub, "evaluate", "Evaluate a trained model: retrieval (modality inversion), zero-shot, "
                   "linear probes, uncertainty, modality gap.", EXAMPLES)
     p.add_argument("--model", required=True, help="run folder written by 'prom3e train'")
-    p.add_argument("--data", required=True, help="Parquet table to evaluate on (held-out rows)")
+    p.add_argument("--data", required=True, help="Parquet table to evaluate on (held-out rows), or a folder or "
+                   "glob of Parquet parts (only the capped fit/test rows are read)")
     p.add_argument("--aligner", metavar="DIR",
                    help="stage-1 heads ('prom3e align --model-out'): --data then holds raw encoder features")
     p.add_argument("--out", required=True, help="output folder")
@@ -63,6 +64,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from prom3e.api import Fuser
+    from prom3e.data.dataset import is_dataset
     from prom3e.data.table import read_table
     from prom3e.errors import Prom3eError
     from prom3e.tasks.evaluate import evaluate
@@ -71,7 +73,13 @@ def run(args) -> int:
         if getattr(args, name) < 1:
             raise Prom3eError(f"--{name.replace('_', '-')} must be ≥ 1")
     fuser = Fuser.load(args.model, device=args.device, aligner=args.aligner)
-    table = read_table(args.data)
+    if is_dataset(args.data):  # a folder of parts: only the capped fit/test rows are read
+        from prom3e.data.dataset import Dataset
+        from prom3e.tasks.evaluate_dataset import evaluate_dataset
+
+        table, evaluate = Dataset(args.data), evaluate_dataset
+    else:
+        table = read_table(args.data)
     visible = [[v for v in s.split("+") if v] for s in args.visible] if args.visible else None
     cm = None if args.class_modality == "none" else args.class_modality
     command = _command_line(args)

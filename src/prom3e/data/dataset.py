@@ -140,6 +140,14 @@ class Parts:
         b = int(np.searchsorted(self._starts, stop, side="left"))
         return self.units[max(a, 0):b]
 
+    def cast_like(self, table: pa.Table) -> pa.Table:
+        """``table`` with every metadata column this dataset also has cast to the dataset's
+        type (so that parts written chunk by chunk share one schema, e.g. a column null in
+        one chunk)."""
+        meta = {f.name: f.type for f in self.schema if not _is_list(f.type)}
+        return pa.table({c: table.column(c).cast(meta[c]) if c in meta else table.column(c)
+                         for c in table.column_names}, metadata=table.schema.metadata)
+
     def read_rows(self, start: int, stop: int, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows ``[start, stop)`` as one Arrow table (unvalidated)."""
         pieces = []
