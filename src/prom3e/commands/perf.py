@@ -9,6 +9,7 @@ EXAMPLES = """\
   prom3e perf encode --config paper --batch 1024
   prom3e perf retrieval --sizes 100000,1000000
   prom3e perf e2e --out /tmp/demo
+  prom3e perf scale --data parts/ --config tiny --batch 1024 --threads 1 [--nproc 2]
 The last line printed is one JSON object; see docs/PERFORMANCE.md.
 """
 
@@ -16,8 +17,9 @@ The last line printed is one JSON object; see docs/PERFORMANCE.md.
 def add_parser(sub) -> None:
     p = subparser(sub, "perf", "Speed benchmarks (training, encode/reconstruct, retrieval, end to end).",
                   EXAMPLES, aliases=["bench"])
-    p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e"])
-    p.add_argument("--config", default="paper", choices=["tiny", "base", "paper", "large"])
+    p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e", "scale"])
+    p.add_argument("--config", choices=["tiny", "base", "paper", "large"],
+                   help="model config (default: paper; scale: tiny)")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (medians reported)")
@@ -25,7 +27,10 @@ def add_parser(sub) -> None:
                    help="our model's precision(s) to time (train/encode); the reference is fp32")
     p.add_argument("--no-reference", action="store_true", help="train: skip the reference re-implementation")
     p.add_argument("--sizes", default="100000,1000000", help="retrieval: gallery sizes")
-    p.add_argument("--out", default="bench-demo", help="e2e: demo output folder")
+    p.add_argument("--out", default="bench-demo", help="e2e: demo output folder; scale: run folder")
+    p.add_argument("--data", help="scale: a folder of Parquet parts (e.g. from 'prom3e synth --parts')")
+    p.add_argument("--nproc", type=int, default=1, help="scale: processes (torchrun) (default: 1)")
+    p.add_argument("--shuffle-buffer", type=int, default=65536, help="scale: rows in the shuffle buffer")
     p.set_defaults(func=run)
 
 
@@ -39,6 +44,22 @@ def run(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.what == "scale":
+        from prom3e.errors import Prom3eError
+        from prom3e.perf.scale import bench_scale
+
+        if not args.data:
+            raise Prom3eError("perf scale needs --data (a folder of parts: prom3e synth --out DIR --parts)")
+        r = bench_scale(args.data, args.out, args.config or "tiny", args.batch, args.threads, args.nproc,
+                        args.shuffle_buffer)
+        if r["returncode"] != 0:
+            raise Prom3eError(f"perf scale: training failed: {r.get('error')}")
+        print(f"scale: {r['rows']:,} rows in {r['parts']} parts, {r['model']} model, batch {r['batch_size']}, "
+              f"{r['processes']} process(es) x {r['threads']} thread(s): {r['samples_per_s']:.0f} samples/s, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB per process", flush=True)
+        print(json.dumps(r), flush=True)
+        return 0
+    args.config = args.config or "paper"
     precisions = ("bf16", "fp32") if args.precision == "both" else (args.precision,)
     if args.what == "train":
         from prom3e.perf.train import bench_train

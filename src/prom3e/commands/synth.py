@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         always_present=("image",) if "image" in mods else (),
     )
     if args.parts:
+        if args.part_rows < 1:
+            from prom3e.errors import Prom3eError
+
+            raise Prom3eError(f"--part-rows must be ≥ 1, got {args.part_rows}")
         return _run_parts(cfg, args)
     table = generate(cfg)
     t = from_arrow(table, source=str(args.out))
