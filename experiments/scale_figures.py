@@ -5,7 +5,8 @@
     .venv/bin/python experiments/scale_figures.py train10m   # one epoch, tiny, peak RSS
     .venv/bin/python experiments/scale_figures.py procs      # 1M rows: 1 vs 2 processes
     .venv/bin/python experiments/scale_figures.py small      # 200k rows: in-memory vs streamed
-    .venv/bin/python experiments/scale_figures.py stages     # embed/align/reconstruct/index/evaluate rates
+    .venv/bin/python experiments/scale_figures.py embed      # stage-1 encoder rates
+    .venv/bin/python experiments/scale_figures.py stages     # align/reconstruct/index/evaluate/train rates
     .venv/bin/python experiments/scale_figures.py summary    # → experiments/results/scale.json
 
 Each step writes experiments/out/scale/STEP.json (git-ignored) and records the machine's load
@@ -99,8 +100,11 @@ def small() -> None:
         for a in range(0, t.num_rows, 50_000):
             pq.write_table(t.slice(a, 50_000), parts / f"p{a:07d}.parquet", row_group_size=16384)
     old = OUT / "baseline"
-    if not old.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), BASELINE], check=True)
+    if not old.exists():  # the baseline's sources, exported (no worktree registered)
+        old.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
     variants = {"in_memory": ([PY, "-m", "prom3e.cli"], table, {}),
                 "in_memory_baseline": ([PY, "-m", "prom3e.cli"], table, {"PYTHONPATH": str(old / "src")}),
                 "streamed": ([PY, "-m", "prom3e.cli"], parts, {})}
@@ -126,42 +130,55 @@ def _rate(cmd: list[str], rows: int, env: dict | None = None) -> dict:
     return {"rows": rows, "wall_s": r["wall_s"], "rows_per_s": rows / r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]}
 
 
-def stages() -> None:
-    """Per-stage rates, one process, one thread: what the 100M extrapolation multiplies."""
+def embed() -> None:
+    """Stage-1 encoder rates, one process, one thread: each spec embedded at n and n/4 rows;
+    rows/s = the difference in rows / the difference in wall time (start-up and model loading
+    cancel out; they are reported as ``startup_s``)."""
     import numpy as np
+    from PIL import Image
 
     res: dict = {"load_before": _load()}
     work = OUT / "stages"
     work.mkdir(parents=True, exist_ok=True)
-    # stage 1 encoders on generated inputs (JPEGs of random texture, 500×375; species texts; points)
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     n_img, n_txt, n_pts = 256, 4000, 20000
     (work / "img").mkdir(exist_ok=True)
-    for i in range(n_img):
+    for i in range(n_img):  # JPEGs of random texture, 500×375
         p = work / "img" / f"{i}.jpg"
         if not p.exists():
             Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(p, quality=85)
-    lines = ["obs_id,photo,name,lat,lon,day"]
-    for i in range(n_pts):
-        photo = f"{i}.jpg" if i < n_img else ""
-        name = f"Genus{i % 97} species{i % 13} (common name {i % 31})" if i < n_txt else ""
-        lines.append(f"o{i},{photo},{name},{rng.uniform(-60, 70):.4f},{rng.uniform(-180, 180):.4f},"
-                     f"2021-{1 + i % 12:02d}-{1 + i % 28:02d}")
-    (work / "obs.csv").write_text("\n".join(lines) + "\n")
     specs = {"efficientnet_lite0": ("image: {encoder: efficientnet_lite0, column: photo, root: img/}", n_img),
              "minilm": ("text: {encoder: minilm, column: name}", n_txt),
              "geoclip": ("loc: {encoder: geoclip, columns: [lat, lon]}", n_pts),
              "date": ("date: {encoder: date, column: day}", n_pts)}
     for name, (line, n) in specs.items():
         (work / f"{name}.yaml").write_text(f"batch_size: 64\nid_column: obs_id\nmodalities:\n  {line}\n")
-        out = work / f"{name}.parquet"
-        out.unlink(missing_ok=True)
-        r = _run([PY, "-m", "prom3e.cli", "embed", "--observations", str(work / "obs.csv"), "--spec",
-                  str(work / f"{name}.yaml"), "--out", str(out), "--no-progress", "--device", "cpu"])
-        res[f"embed_{name}"] = {"rows": n, "wall_s": r["wall_s"], "rows_per_s": n / r["wall_s"],
-                                "peak_rss_mb": r["peak_rss_mb"]}
+        times = {}
+        for rows in (n // 4, n):
+            lines = ["obs_id,photo,name,lat,lon,day"]
+            for i in range(rows):
+                lines.append(f"o{i},{i % n_img}.jpg,Genus{i % 97} species{i % 13} (common name {i}),"
+                             f"{rng.uniform(-60, 70):.4f},{rng.uniform(-180, 180):.4f},2021-{1 + i % 12:02d}-"
+                             f"{1 + i % 28:02d}")
+            (work / "obs.csv").write_text("\n".join(lines) + "\n")
+            out = work / f"{name}.parquet"
+            out.unlink(missing_ok=True)
+            times[rows] = _run([PY, "-m", "prom3e.cli", "embed", "--observations", str(work / "obs.csv"), "--spec",
+                                str(work / f"{name}.yaml"), "--out", str(out), "--no-progress", "--device", "cpu"])
+        small, big = times[n // 4], times[n]
+        rate = (n - n // 4) / (big["wall_s"] - small["wall_s"])
+        res[f"embed_{name}"] = {"rows": n, "rows_per_s": rate, "startup_s": small["wall_s"] - (n // 4) / rate,
+                                "peak_rss_mb": big["peak_rss_mb"]}
+    res["load_after"] = _load()
+    _save("embed", res)
+
+
+def stages() -> None:
+    """Per-stage rates, one process, one thread: what the 100M extrapolation multiplies
+    (whole commands at 1M rows, start-up included)."""
+    res: dict = {"load_before": _load()}
+    work = OUT / "stages"
+    work.mkdir(parents=True, exist_ok=True)
     run = OUT / "run10m"
     parts1m = OUT / "synth1m"
     res["reconstruct"] = _rate([PY, "-m", "prom3e.cli", "reconstruct", "--model", str(run), "--data", str(parts1m),
@@ -187,7 +204,8 @@ def stages() -> None:
 
 
 def summary() -> None:
-    steps = {s: json.loads((OUT / f"{s}.json").read_text()) for s in ("synth", "train10m", "procs", "small", "stages")}
+    steps = {s: json.loads((OUT / f"{s}.json").read_text())
+             for s in ("synth", "train10m", "procs", "small", "stages", "embed")}
     t = steps["train10m"]
     keep = ("rows", "parts", "row_groups", "train_rows", "steps", "batch_size", "shuffle_buffer", "epoch_s",
             "samples_per_s", "peak_rss_mb", "wall_s", "precision", "load_before", "load_after", "command")
@@ -198,7 +216,9 @@ def summary() -> None:
     rounds = steps["small"]["rounds"]
     small = {v: sorted(r[v]["samples_per_s"] for r in rounds)[len(rounds) // 2] for v in rounds[0]}
     small_rss = {v: max(r[v]["peak_rss_mb"] for r in rounds) for v in rounds[0]}
-    st = steps["stages"]
+    st = {k: v for k, v in steps["stages"].items() if not k.startswith("embed_")}
+    st["embed_load"] = [steps["embed"]["load_before"], steps["embed"]["load_after"]]
+    st |= {k: v for k, v in steps["embed"].items() if k.startswith("embed_")}
     save_result("scale", {
         "synth": {k: {"rows": v["rows"], "wall_s": round(v["wall_s"], 1), "peak_rss_mb": round(v["peak_rss_mb"]),
                       "gb": round(v["bytes"] / 1e9, 2)} for k, v in steps["synth"].items() if k.startswith("synth")},
@@ -222,32 +242,33 @@ def _load_txt(a: list, b: list) -> str:
 def _figures() -> str:
     r = load_result("scale")
     t, syn = r["train10m"], r["synth"]["synth10m"]
-    p1, p2 = r["procs"]["1"], r["procs"]["2"]
     s = r["small"]
     sps = s["median_samples_per_s"]
 
-    def mean(runs: list, k: str) -> float:
-        return sum(x[k] for x in runs) / len(runs)
+    def procs(n: str, what: str) -> str:
+        runs = r["procs"][n]
+        rates = " and ".join(f"{x['samples_per_s']:,.0f}" for x in runs)
+        loads = "; ".join(_load_txt(x["load_before"], x["load_after"]) for x in runs)
+        rss = max(x["peak_rss_mb"] for x in runs)
+        return f"| one epoch, 1M rows, {what} ({len(runs)} runs) | 1,000,000 | {rates} | {rss:,.0f} MB | {loads} |"
 
     return "\n".join([
         "| measurement | rows | samples/s | peak RSS (per process) | load average (1 min, before → after) |",
         "|---|---|---|---|---|",
-        f"| `prom3e synth --parts` (10M rows, {syn['gb']} GB of parts) | {syn['rows']:,} | – | "
-        f"{syn['peak_rss_mb']:,} MB | {syn['wall_s'] / 60:.0f} min wall |",
+        f"| `prom3e synth --parts` (10M rows, {syn['gb']} GB of parts; {syn['wall_s'] / 60:.0f} min wall) | "
+        f"{syn['rows']:,} | – | {syn['peak_rss_mb']:,} MB | |",
         f"| one epoch, `tiny`, batch {t['batch_size']}, 1 process × 1 thread, streamed ({t['parts']} parts, "
-        f"{t['row_groups']} row groups) | {t['rows']:,} ({t['train_rows']:,} train) | **{t['samples_per_s']:,.0f}** | "
-        f"**{t['peak_rss_mb']:,.0f} MB** | {_load_txt(t['load_before'], t['load_after'])} |",
-        f"| one epoch, 1M rows, 1 process (mean of {len(p1)}) | 1,000,000 | {mean(p1, 'samples_per_s'):,.0f} | "
-        f"{max(x['peak_rss_mb'] for x in p1):,.0f} MB | "
-        + "; ".join(_load_txt(x['load_before'], x['load_after']) for x in p1) + " |",
-        f"| one epoch, 1M rows, 2 processes (torchrun, gloo; per-rank negatives; mean of {len(p2)}) | 1,000,000 | "
-        f"{mean(p2, 'samples_per_s'):,.0f} | {max(x['peak_rss_mb'] for x in p2):,.0f} MB | "
-        + "; ".join(_load_txt(x['load_before'], x['load_after']) for x in p2) + " |",
-        f"| {s['rows'] // 1000}k rows in memory (this code / the code before parts) | {s['rows']:,} | "
+        f"{t['row_groups']} row groups; {t['epoch_s'] / 60:.0f} min) | {t['rows']:,} ({t['train_rows']:,} train) | "
+        f"**{t['samples_per_s']:,.0f}** | **{t['peak_rss_mb']:,.0f} MB** | "
+        f"{_load_txt(t['load_before'], t['load_after'])} |",
+        procs("1", "1 process"),
+        procs("2", "2 processes (torchrun, gloo; per-rank negatives)"),
+        f"| {s['rows'] // 1000}k rows in memory (this code / the code before parts; medians of 3) | {s['rows']:,} | "
         f"{sps['in_memory']:,} / {sps['in_memory_baseline']:,} | {s['peak_rss_mb']['in_memory']:,} / "
         f"{s['peak_rss_mb']['in_memory_baseline']:,} MB | {_load_txt(*s['load'])} |",
-        f"| the same {s['rows'] // 1000}k rows streamed from 4 parts | {s['rows']:,} | {sps['streamed']:,} "
-        f"({sps['streamed'] / sps['in_memory']:.2f}× in memory) | {s['peak_rss_mb']['streamed']:,} MB | |",
+        f"| the same {s['rows'] // 1000}k rows streamed from 4 parts (median of 3, interleaved) | {s['rows']:,} | "
+        f"{sps['streamed']:,} ({sps['streamed'] / sps['in_memory']:.2f}× in memory) | "
+        f"{s['peak_rss_mb']['streamed']:,} MB | (same rounds) |",
     ])
 
 
@@ -264,30 +285,38 @@ def _extrapolation() -> str:
     r = load_result("scale")
     st, t = r["stages"], r["train10m"]
     n = 100_000_000
-    rows = [("embed: image, EfficientNet-Lite0 (500×375 JPEGs)", st["embed_efficientnet_lite0"]["rows_per_s"]),
-            ("embed: text, MiniLM", st["embed_minilm"]["rows_per_s"]),
-            ("embed: location, GeoCLIP", st["embed_geoclip"]["rows_per_s"]),
-            ("embed: date", st["embed_date"]["rows_per_s"]),
-            ("align: transform 6 × 64-d (fit: 1 epoch on 100k rows, included)", st["align"]["rows_per_s"]),
-            ("train: one epoch, `tiny`, 64-d (streamed)", t["samples_per_s"]),
-            ("train: one epoch, `paper` (6 × 512-d), bf16", st["train_paper"]["samples_per_s"]),
-            ("reconstruct one target, `tiny`", st["reconstruct"]["rows_per_s"]),
-            ("index build, exact (read the column)", st["index_exact"]["rows_per_s"]),
-            ("index build, faiss IVF1024,PQ16 (64-d)", st["index_ivfpq"]["rows_per_s"])]
-    out = ["| stage (1 process, 1 CPU thread) | measured rows/s | 100M rows, extrapolated |", "|---|---|---|"]
-    out += [f"| {name} | {rate:,.0f} | {_days(n / rate)} |" for name, rate in rows]
+    load_embed = _load_txt(*st["embed_load"])
+    load_stages = _load_txt(st["load_before"], st["load_after"])
+    load_train = _load_txt(t["load_before"], t["load_after"])
+    rows = [("embed: image, EfficientNet-Lite0 (500×375 JPEGs)", st["embed_efficientnet_lite0"]["rows_per_s"],
+             load_embed),
+            ("embed: text, MiniLM", st["embed_minilm"]["rows_per_s"], load_embed),
+            ("embed: location, GeoCLIP", st["embed_geoclip"]["rows_per_s"], load_embed),
+            ("embed: date", st["embed_date"]["rows_per_s"], load_embed),
+            ("align: fit (1 epoch on 100k rows) + transform, 6 × 64-d", st["align"]["rows_per_s"], load_stages),
+            ("train: one epoch, `tiny`, 6 × 64-d (streamed)", t["samples_per_s"], load_train),
+            ("train: one epoch, `paper`, 6 × 512-d, bf16 (`perf train`: steps only)",
+             st["train_paper"]["samples_per_s"], load_stages),
+            ("reconstruct one target, `tiny`", st["reconstruct"]["rows_per_s"], load_stages),
+            ("index build, exact (reads the column)", st["index_exact"]["rows_per_s"], load_stages),
+            ("index build, faiss IVF1024,PQ16 (64-d)", st["index_ivfpq"]["rows_per_s"], load_stages)]
+    out = ["| stage (1 process, 1 CPU thread) | measured rows/s | 100M rows, **extrapolated** | load average |",
+           "|---|---|---|---|"]
+    out += [f"| {name} | {rate:,.0f} | {_days(n / rate)} | {load} |" for name, rate, load in rows]
     ev = st["evaluate_10m"]
-    out.append(f"| evaluate (default caps: 2,000 fit + 2,000 test rows) | – | {ev['wall_s'] / 60:.0f} min at 10M rows "
-               f"(measured; grows only with the label column's pass) |")
+    out.append(f"| evaluate, default caps (2,000 fit + 2,000 test rows) | – | {ev['wall_s'] / 60:.1f} min measured at "
+               f"10M rows, {ev['peak_rss_mb']:,.0f} MB; only the label column's pass grows with the rows | "
+               f"{load_stages} |")
     out.append("")
-    out.append(f"Load average during these measurements: {_load_txt(st['load_before'], st['load_after'])} "
-               "(1 min; 2 cores, shared).")
+    out.append("Encoder rates: the same spec embedded at n and n/4 rows, rows/s from the differences (start-up "
+               "and model loading cancel out). The other stages: one whole command at 1M rows (10M for "
+               "`evaluate`), start-up included.")
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    steps = {"synth": synth, "train10m": train10m, "procs": procs, "small": small, "stages": stages,
-             "summary": summary}
+    steps = {"synth": synth, "train10m": train10m, "procs": procs, "small": small, "embed": embed,
+             "stages": stages, "summary": summary}
     if len(sys.argv) != 2 or sys.argv[1] not in steps:
         raise SystemExit(f"usage: {sys.argv[0]} {{{'|'.join(steps)}}}")
     steps[sys.argv[1]]()

@@ -32,6 +32,15 @@ def local_device(device: str) -> str:
     return device
 
 
+def bind_gpu() -> None:
+    """Under torchrun with CUDA, make ``cuda`` mean this process's GPU (``LOCAL_RANK``)."""
+    if world_from_env()[1] > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def init(device: str = "cpu") -> tuple[int, int]:
     """Join the process group when run under torchrun; return ``(rank, world)``."""
     rank, world = world_from_env()

@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="Parquet file to write")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--parts", action="store_true",
-                   help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts)")
+                   help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts, "
+                        "and under torchrun)")
     p.add_argument("--part-rows", type=int, default=65536, help="input rows per output part (default: 65536)")
     p.add_argument("--restart", action="store_true",
                    help="parts: discard a folder holding another run's output instead of refusing it")
@@ -40,8 +41,10 @@ def run(args) -> int:
     from prom3e.api import Fuser
     from prom3e.data.dataset import is_dataset
     from prom3e.data.table import read_table, write_parquet
+    from prom3e.distributed import bind_gpu, world_from_env
     from prom3e.errors import Prom3eError
 
+    bind_gpu()  # under torchrun: one GPU per process
     fuser = Fuser.load(args.model, device=args.device)
     fuser._index(args.target)
     if args.samples < 0:
@@ -50,7 +53,7 @@ def run(args) -> int:
     for name in vis_names:
         fuser._index(name)
     cols = np.isin(fuser.modalities, vis_names)
-    if args.parts or is_dataset(args.data):
+    if args.parts or is_dataset(args.data) or world_from_env()[1] > 1:
         return _run_parts(args, fuser, cols)
     table = read_table(args.data).check_schema(fuser.modalities, fuser.dims)
     out, done = _reconstruct(fuser, table, cols, args, args.seed)

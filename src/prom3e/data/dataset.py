@@ -188,10 +188,12 @@ class Dataset(Parts):
                     break
                 t = self.read_unit(u, todo)
                 for m in list(todo):
-                    col = t.column(m).drop_null()
-                    if len(col):
-                        dims[m] = int(pc.list_value_length(col.chunk(0) if col.num_chunks else col)[0].as_py())
-                        todo.remove(m)
+                    for chunk in t.column(m).chunks:
+                        first = pc.index(chunk.is_valid(), True).as_py()
+                        if first >= 0:
+                            dims[m] = len(chunk[first].values)
+                            todo.remove(m)
+                            break
             if todo:
                 raise Prom3eError(f"{self.path}: modality column '{todo[0]}' has no non-null value")
             self._dims = [dims[m] for m in self.modalities]
