@@ -73,6 +73,10 @@ def run(args) -> int:
     cfg = TrainConfig.from_dict(options)
     mods = args.modalities.split(",") if args.modalities else None
     if args.stream or is_dataset(args.data):
+        if args.shuffle_buffer < 1:
+            from prom3e.errors import Prom3eError
+
+            raise Prom3eError(f"--shuffle-buffer must be ≥ 1 row, got {args.shuffle_buffer}")
         cfg.validate()
         table = StreamingSource(Dataset(args.data, mods), cfg.val_fraction, cfg.val_cap, cfg.seed,
                                 cfg.label_column, args.shuffle_buffer)
