@@ -21,7 +21,8 @@ The generative story:
    always for plants); ``always_present`` modalities are kept, and every row keeps one.
 
 Same seed, same config: byte-identical table. Taxonomy, ranges and rows do not depend on
-which modalities are asked for.
+which modalities are asked for. :func:`generate_parts` builds a larger table part by part
+(memory: one part) in the same world.
 """
 
 from __future__ import annotations
