@@ -249,3 +249,22 @@ def test_zip_without_meta_needs_one_data_file(tmp_path):
         zf.writestr("b.csv", "x\n2\n")
     with pytest.raises(Prom3eError, match="exactly one data file"):
         read_observations(z)
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_gbif_download_into_parts_equals_one_file(tmp_path, zipped):
+    """``embed --parts`` reads an export with the same dialect as the one-file path."""
+    from prom3e.encoders.embed_parts import embed_parts
+
+    src = GBIF_SIMPLE
+    if zipped:
+        src = tmp_path / "0004711-240321170329656.zip"
+        with zipfile.ZipFile(src, "w") as zf:
+            zf.write(GBIF_SIMPLE, GBIF_SIMPLE.name)
+    embed(src, parse_spec(GBIF_SPEC), tmp_path / "one.parquet", progress=False)
+    s = embed_parts(src, parse_spec(GBIF_SPEC), tmp_path / "parts", progress=False, part_rows=2)
+    assert s is not None and s.dropped == 1
+    one = pq.read_table(tmp_path / "one.parquet")
+    parts = pq.read_table(sorted((tmp_path / "parts").glob("*.parquet")))
+    for col in ("gbifID", "locality", "loc", "date"):
+        assert parts.column(col).to_pylist() == one.column(col).to_pylist(), col

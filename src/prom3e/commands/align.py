@@ -10,16 +10,20 @@ EXAMPLES = """\
   prom3e align --data features.parquet --anchor image --out aligned.parquet --model-out ALIGN
   prom3e align --data features.parquet --anchor image --label species \\
       --fit-where split=train --out aligned.parquet --model-out ALIGN
+  prom3e align --data features/ --anchor image --out aligned/ --model-out ALIGN   # folders of parts
 
 Writes the aligned table (every modality D-dim, unit norm; missing stays missing) and
-ALIGN/config.json + ALIGN/model.safetensors (load with prom3e.align.load_aligner).
+ALIGN/config.json + ALIGN/model.safetensors (load with prom3e.align.load_aligner). From a
+folder of parts, the heads are fitted on a seeded subsample of --max-fit-rows rows and the
+aligned table is written as a folder of parts (docs/SCALE.md).
 """
 
 
 def add_parser(sub) -> None:
     p = subparser(sub, "align", "align every modality to the anchor modality (stage 1)",
                   EXAMPLES)
-    p.add_argument("--data", required=True, help="feature table (Parquet, from prom3e embed)")
+    p.add_argument("--data", required=True, help="feature table (Parquet, from prom3e embed), or a folder "
+                   "or glob of Parquet parts")
     p.add_argument("--anchor", required=True, help="the frozen anchor modality (e.g. image)")
     p.add_argument("--out", required=True, help="aligned table to write (Parquet)")
     p.add_argument("--model-out", required=True, help="folder for the heads")
@@ -40,6 +44,13 @@ def add_parser(sub) -> None:
     p.add_argument("--val-frac", type=float, default=0.1,
                    help="pairs held out for early stopping (0.1)")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience (10)")
+    p.add_argument("--parts", action="store_true",
+                   help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts)")
+    p.add_argument("--max-fit-rows", type=int, default=500_000,
+                   help="with parts: fit on a seeded subsample of at most this many rows (default: 500000)")
+    p.add_argument("--part-rows", type=int, default=65536, help="with parts: rows per output part (default: 65536)")
+    p.add_argument("--restart", action="store_true",
+                   help="with parts: discard a folder holding another run's output instead of refusing it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
     p.set_defaults(func=run)
@@ -47,6 +58,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prom3e.align.trainer import AlignConfig, align_file
+    from prom3e.data.dataset import is_dataset
     from prom3e.errors import Prom3eError
 
     for k in ("epochs", "batch_size", "hidden"):
@@ -61,8 +73,14 @@ def run(args: argparse.Namespace) -> int:
                       lr=args.lr, weight_decay=args.weight_decay, val_frac=args.val_frac,
                       patience=args.patience, seed=args.seed, device=args.device)
     mods = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
-    aligner = align_file(args.data, args.anchor, args.out, args.model_out, args.label, cfg,
-                         args.fit_where, mods, progress=not args.no_progress)
+    if args.parts or is_dataset(args.data):
+        from prom3e.align.dataset import align_dataset
+
+        aligner = align_dataset(args.data, args.anchor, args.out, args.model_out, args.label, cfg, args.fit_where,
+                                mods, not args.no_progress, args.max_fit_rows, args.part_rows, args.restart)
+    else:
+        aligner = align_file(args.data, args.anchor, args.out, args.model_out, args.label, cfg,
+                             args.fit_where, mods, progress=not args.no_progress)
     print(f"aligned {len(aligner.modalities)} modalities to '{args.anchor}' in "
           f"{aligner.dim}-d → {args.out}; heads → {args.model_out}")
     for name, rec in aligner.record["modalities"].items():

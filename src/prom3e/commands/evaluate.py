@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
                   "linear probes, uncertainty, modality gap.", EXAMPLES)
     p.add_argument("--model", required=True, help="the trained model: a run folder ('prom3e train'), an "
                    "exported folder ('prom3e export'), local-dir:PATH or hf-hub:ORG/NAME[@REVISION]")
-    p.add_argument("--data", required=True, help="Parquet table to evaluate on (held-out rows)")
+    p.add_argument("--data", required=True, help="Parquet table to evaluate on (held-out rows), or a folder or "
+                   "glob of Parquet parts (only the capped fit/test rows are read)")
     p.add_argument("--aligner", metavar="DIR",
                    help="stage-1 heads ('prom3e align --model-out', local-dir:PATH, hf-hub:ORG/NAME, or "
                    "'bundled': those exported with --model): --data then holds raw encoder features")
@@ -67,6 +68,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from prom3e.api import Fuser
+    from prom3e.data.dataset import is_dataset
     from prom3e.errors import Prom3eError
     from prom3e.tasks.evaluate import evaluate
 
@@ -76,7 +78,13 @@ def run(args) -> int:
     fuser = Fuser.load(args.model, device=args.device, aligner=args.aligner)
     visible = [[v for v in s.split("+") if v] for s in args.visible] if args.visible else None
     cm = None if args.class_modality == "none" else args.class_modality
-    table = _read(args.data, _csv(args.modalities), cm)
+    if is_dataset(args.data):  # a folder of parts: only the capped fit/test rows are read
+        from prom3e.data.dataset import Dataset
+        from prom3e.tasks.evaluate_dataset import evaluate_dataset
+
+        table, evaluate = Dataset(args.data, _csv(args.modalities)), evaluate_dataset
+    else:
+        table = _read(args.data, _csv(args.modalities), cm)
     command = _command_line(args)
     metrics = evaluate(
         fuser, table, label=args.label, out_dir=args.out, modalities=_csv(args.modalities),

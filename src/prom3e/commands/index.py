@@ -10,6 +10,7 @@ EXAMPLES = """\
       --out image.index.safetensors
   prom3e index search --index text.index.safetensors --data text.parquet --column text --k 10 \\
       --out hits.parquet
+  prom3e index build --data aligned/ --column image --spec IVF4096,PQ64 --out image.index.safetensors   # parts
 --spec: 'exact' (torch, default) or a faiss index_factory string (needs prom3e[faiss]):
 'Flat', 'IVF1024,Flat', 'HNSW32', 'IVF1024,PQ64'. Ids are the gallery's row numbers.
 """
@@ -18,7 +19,8 @@ EXAMPLES = """\
 def add_parser(sub) -> None:
     p = subparser(sub, "index", "Build a gallery index from a Parquet column, or search one.", EXAMPLES)
     p.add_argument("action", choices=["build", "search"])
-    p.add_argument("--data", required=True, help="Parquet table: the gallery (build) or the queries (search)")
+    p.add_argument("--data", required=True, help="Parquet table: the gallery (build) or the queries (search); "
+                   "or a folder or glob of Parquet parts (only --column is read)")
     p.add_argument("--column", required=True, help="the modality column to index or to query with")
     p.add_argument("--out", required=True, help="build: index file (.safetensors); search: Parquet of hits")
     p.add_argument("--index", help="search: the index file written by 'prom3e index build'")
@@ -38,6 +40,7 @@ def run(args) -> int:
     import pyarrow as pa
     import torch
 
+    from prom3e.data.dataset import Dataset, is_dataset
     from prom3e.data.table import read_column, write_parquet
     from prom3e.errors import Prom3eError
     from prom3e.index import GalleryIndex
@@ -46,9 +49,13 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.action == "build":
-        features, present, _ = read_column(args.data, args.column)
-        rows = np.flatnonzero(present)
-        index = GalleryIndex.build(features[rows], args.spec, args.params or "", ids=rows, seed=args.seed)
+        if is_dataset(args.data):  # a folder of parts: only this column is read, part by part
+            gallery, rows = Dataset(args.data, [args.column]).column(args.column)
+        else:
+            features, present, _ = read_column(args.data, args.column)
+            rows = np.flatnonzero(present)
+            gallery = features[rows]
+        index = GalleryIndex.build(gallery, args.spec, args.params or "", ids=rows, seed=args.seed)
         index.save(args.out)
         print(f"wrote {args.out}: {len(index)} '{args.column}' vectors of {args.data}, {args.spec} index "
               f"({time.perf_counter() - t0:.1f}s)")
@@ -60,10 +67,16 @@ def run(args) -> int:
     index = GalleryIndex.load(args.index)
     if args.params is not None:
         index.set_params(args.params)
-    features, present, meta = read_column(args.data, args.column, meta=True)
-    rows = np.flatnonzero(present)
-    scores, ids = index.search(features[rows], args.k, progress=True)
-    n = len(present)
+    if is_dataset(args.data):
+        ds = Dataset(args.data, [args.column])
+        queries, rows = ds.column(args.column)
+        meta = {c: v.to_numpy() for c, v in ds.meta(ds.meta_columns).items()}
+        n = ds.num_rows
+    else:
+        features, present, meta = read_column(args.data, args.column, meta=True)
+        rows = np.flatnonzero(present)
+        queries, n = features[rows], len(present)
+    scores, ids = index.search(queries, args.k, progress=True)
     ok = np.zeros(n, bool)
     ok[rows] = True
     full_ids = np.full((n, args.k), -1, np.int64)

@@ -10,6 +10,7 @@ EXAMPLES = """\
   prom3e perf retrieval --sizes 100000,1000000
   prom3e perf e2e --out /tmp/demo
   prom3e perf serve --config base --requests 5000 --concurrency 16 --rows 1,64
+  prom3e perf scale --data parts/ --config tiny --batch 1024 --threads 1 [--nproc 2]
 The last line printed is one JSON object; see docs/PERFORMANCE.md.
 """
 
@@ -17,9 +18,9 @@ The last line printed is one JSON object; see docs/PERFORMANCE.md.
 def add_parser(sub) -> None:
     p = subparser(sub, "perf", "Speed benchmarks (training, encode/reconstruct, retrieval, end to end).",
                   EXAMPLES, aliases=["bench"])
-    p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e", "serve"])
+    p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e", "serve", "scale"])
     p.add_argument("--config", default=None, choices=["tiny", "base", "paper", "large"],
-                   help="model config (default: paper; serve: base, the demo's)")
+                   help="model config (default: paper; serve: base, the demo's; scale: tiny)")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (medians reported)")
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
                    help="our model's precision(s) to time (train/encode); the reference is fp32")
     p.add_argument("--no-reference", action="store_true", help="train: skip the reference re-implementation")
     p.add_argument("--sizes", default="100000,1000000", help="retrieval: gallery sizes")
-    p.add_argument("--out", default="bench-demo", help="e2e: demo output folder")
+    p.add_argument("--out", default="bench-demo", help="e2e: demo output folder; scale: run folder")
     p.add_argument("--requests", type=int, default=5000, help="serve: requests per batch size (default 5000)")
     p.add_argument("--concurrency", type=int, default=16, help="serve: concurrent clients (default 16)")
     p.add_argument("--rows", default="1,64", help="serve: rows per request, comma-separated (default 1,64)")
@@ -37,6 +38,9 @@ def add_parser(sub) -> None:
                    help="serve: the endpoint to load (default /encode)")
     p.add_argument("--time-limit", type=float, default=300.0,
                    help="serve: seconds per batch size at most (default 300)")
+    p.add_argument("--data", help="scale: a folder of Parquet parts (e.g. from 'prom3e synth --parts')")
+    p.add_argument("--nproc", type=int, default=1, help="scale: processes (torchrun) (default: 1)")
+    p.add_argument("--shuffle-buffer", type=int, default=65536, help="scale: rows in the shuffle buffer")
     p.set_defaults(func=run)
 
 
@@ -52,8 +56,22 @@ def run(args) -> int:
     from prom3e.errors import Prom3eError
 
     if args.config is None:
-        args.config = "base" if args.what == "serve" else "paper"
+        args.config = {"serve": "base", "scale": "tiny"}.get(args.what, "paper")
     torch.set_num_threads(args.threads)
+    if args.what == "scale":
+        from prom3e.perf.scale import bench_scale
+
+        if not args.data:
+            raise Prom3eError("perf scale needs --data (a folder of parts: prom3e synth --out DIR --parts)")
+        r = bench_scale(args.data, args.out, args.config, args.batch, args.threads, args.nproc,
+                        args.shuffle_buffer)
+        if r["returncode"] != 0:
+            raise Prom3eError(f"perf scale: training failed: {r.get('error')}")
+        print(f"scale: {r['rows']:,} rows in {r['parts']} parts, {r['model']} model, batch {r['batch_size']}, "
+              f"{r['processes']} process(es) x {r['threads']} thread(s): {r['samples_per_s']:.0f} samples/s, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB per process", flush=True)
+        print(json.dumps(r), flush=True)
+        return 0
     precisions = ("bf16", "fp32") if args.precision == "both" else (args.precision,)
     if args.what == "train":
         from prom3e.perf.train import bench_train

@@ -8,6 +8,7 @@ EXAMPLES = """\
   prom3e reconstruct --model runs/synth --data synth.parquet --target text --out text.parquet
   prom3e reconstruct --model runs/synth --data synth.parquet --target sat --visible image,loc \\
       --samples 10 --out sat.parquet
+  prom3e reconstruct --model runs/big --data parts/ --target text --out text/   # folder of parts in and out
 """
 
 
@@ -15,7 +16,8 @@ def add_parser(sub) -> None:
     p = subparser(sub, "reconstruct", "Reconstruct a target modality from the visible ones.", EXAMPLES)
     p.add_argument("--model", required=True, help="the trained model: a run folder ('prom3e train'), an "
                    "exported folder ('prom3e export'), local-dir:PATH or hf-hub:ORG/NAME[@REVISION]")
-    p.add_argument("--data", required=True, help="Parquet table with the model's modalities")
+    p.add_argument("--data", required=True, help="Parquet table with the model's modalities, or a folder "
+                   "or glob of Parquet parts")
     p.add_argument("--target", required=True, help="modality to reconstruct")
     p.add_argument("--visible", help="comma-separated visible modalities (default: every present "
                    "modality of the row except the target)")
@@ -24,28 +26,54 @@ def add_parser(sub) -> None:
                    "column then averages them (default 0: decode μ)")
     p.add_argument("--out", required=True, help="Parquet file to write")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--parts", action="store_true",
+                   help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts, "
+                        "and under torchrun)")
+    p.add_argument("--part-rows", type=int, default=65536, help="input rows per output part (default: 65536)")
+    p.add_argument("--restart", action="store_true",
+                   help="parts: discard a folder holding another run's output instead of refusing it")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import numpy as np
-    import pyarrow as pa
-    from tqdm.auto import tqdm
 
     from prom3e.api import Fuser
-    from prom3e.data.table import read_table, vectors_to_arrow, write_parquet
+    from prom3e.data.dataset import is_dataset
+    from prom3e.data.table import read_table, write_parquet
+    from prom3e.distributed import bind_gpu, world_from_env
     from prom3e.errors import Prom3eError
 
+    bind_gpu()  # under torchrun: one GPU per process
     fuser = Fuser.load(args.model, device=args.device)
-    table = read_table(args.data).check_schema(fuser.modalities, fuser.dims)
-    t = fuser._index(args.target)
+    fuser._index(args.target)
     if args.samples < 0:
         raise Prom3eError("--samples must be ≥ 0")
     vis_names = args.visible.split(",") if args.visible else [m for m in fuser.modalities if m != args.target]
-    cols = np.isin(fuser.modalities, vis_names)
     for name in vis_names:
         fuser._index(name)
+    cols = np.isin(fuser.modalities, vis_names)
+    if args.parts or is_dataset(args.data) or world_from_env()[1] > 1:
+        return _run_parts(args, fuser, cols)
+    table = read_table(args.data).check_schema(fuser.modalities, fuser.dims)
+    out, done = _reconstruct(fuser, table, cols, args, args.seed)
+    write_parquet(out, args.out)
+    n = len(table)
+    print(f"wrote {args.out}: {done} reconstructed '{args.target}' rows"
+          + (f", {n - done} row(s) with no visible modality left null" if n > done else ""))
+    return 0
+
+
+def _reconstruct(fuser, table, cols, args, seed: int, progress: bool = True):
+    """The output table for ``table``'s rows, and how many rows were reconstructed."""
+    import numpy as np
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    from prom3e.data.table import vectors_to_arrow
+
+    t = fuser._index(args.target)
     visible = table.present & cols
     rows = np.flatnonzero(visible.any(1))
     n, d = len(table), fuser.dims[t]
@@ -53,11 +81,11 @@ def run(args) -> int:
     sigma = np.full(n, np.nan, np.float32)
     draws = np.zeros((n, args.samples, d), np.float32) if args.samples else None
     step = args.batch_size * 8
-    for i in tqdm(range(0, len(rows), step), desc="reconstruct", unit="chunk"):
+    for i in tqdm(range(0, len(rows), step), desc="reconstruct", unit="chunk", disable=not progress):
         r = rows[i:i + step]
         part = table.take(r)
         part.present = visible[r]
-        rec = fuser.reconstruct(part, [args.target], n_samples=args.samples, seed=args.seed + i,
+        rec = fuser.reconstruct(part, [args.target], n_samples=args.samples, seed=seed + i,
                                 batch_size=args.batch_size, return_samples=bool(args.samples),
                                 return_sigma=True)
         mean[r] = rec[args.target].numpy()
@@ -73,8 +101,43 @@ def run(args) -> int:
         offsets = pa.array(np.arange(0, (n + 1) * args.samples, args.samples, dtype=np.int32))
         out[f"{args.target}_samples"] = pa.ListArray.from_arrays(offsets, inner, mask=pa.array(~ok))
     out["sigma_l1"] = pa.array(sigma, mask=~ok)
-    write_parquet(pa.table(out), args.out)
-    skipped = n - len(rows)
-    print(f"wrote {args.out}: {len(rows)} reconstructed '{args.target}' rows"
-          + (f", {skipped} row(s) with no visible modality left null" if skipped else ""))
+    return pa.table(out), len(rows)
+
+
+def _run_parts(args, fuser, cols) -> int:
+    """A folder of parts in (or --parts): OUT is a folder of parts, one per chunk of input
+    rows, resumable; under torchrun chunk k goes to rank k mod world (docs/SCALE.md)."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from prom3e import distributed
+    from prom3e.data.dataset import Dataset
+    from prom3e.data.parts import PartWriter, file_fingerprint
+    from prom3e.errors import Prom3eError
+
+    if args.part_rows < 1:
+        raise Prom3eError(f"--part-rows must be ≥ 1, got {args.part_rows}")
+    rank, world = distributed.init(str(fuser.device))
+    ds = Dataset(args.data)
+    run = Path(args.model)
+    fingerprint = {"model": file_fingerprint([run / "config.json", run / "model.safetensors"]),
+                   "data": file_fingerprint(ds.files), "target": args.target, "visible": args.visible,
+                   "samples": args.samples, "seed": args.seed, "part_rows": args.part_rows}
+    writer = PartWriter(args.out, fingerprint, args.restart)
+    firsts, done = list(range(0, ds.num_rows, args.part_rows)), 0
+    for k, first in enumerate(tqdm(firsts, desc="reconstruct", unit="part", disable=rank != 0)):
+        if k % world != rank or writer.done(first):
+            continue
+        chunk = ds.table(first, min(first + args.part_rows, ds.num_rows))
+        out, n = _reconstruct(fuser, chunk.check_schema(fuser.modalities, fuser.dims), cols, args,
+                              args.seed + first, progress=False)
+        writer.write(first, ds.cast_like(out))
+        done += n
+    done = distributed.all_sum(done)
+    writer.finish(firsts)
+    distributed.close()
+    if rank == 0:
+        print(f"wrote {args.out}: {ds.num_rows} rows in {len(firsts)} parts; '{args.target}' reconstructed "
+              f"for {done} row(s) now")
     return 0

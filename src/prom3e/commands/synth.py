@@ -10,6 +10,7 @@ EXAMPLES = """\
   prom3e synth --out data/synth.parquet
   prom3e synth --out small.parquet --n 2000 --species 30 --dim 32 --seed 1
   prom3e synth --out t.parquet --modalities image,loc,text,m7 --missing-rate 0.5
+  prom3e synth --out big/ --parts --n 10000000     # a folder of parts, one part in memory at a time
 """
 
 
@@ -32,6 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="probability that each modality is missing in a row (default: 0.3)",
     )
     p.add_argument("--noise", type=float, default=1.0, help="noise multiplier (default: 1.0)")
+    p.add_argument("--parts", action="store_true",
+                   help="write OUT as a folder of Parquet parts (docs/SCALE.md); resumable")
+    p.add_argument("--part-rows", type=int, default=262144, help="rows per part with --parts (default: 262144)")
     add_common(p, device=False)
     p.set_defaults(func=run)
     return p
@@ -47,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         missing_rate=args.missing_rate, noise=args.noise, seed=args.seed,
         always_present=("image",) if "image" in mods else (),
     )
+    if args.parts:
+        if args.part_rows < 1:
+            from prom3e.errors import Prom3eError
+
+            raise Prom3eError(f"--part-rows must be ≥ 1, got {args.part_rows}")
+        return _run_parts(cfg, args)
     table = generate(cfg)
     t = from_arrow(table, source=str(args.out))
     write_parquet(table, args.out)
@@ -55,4 +65,32 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {len(t)} rows, {len(t.modalities)} modalities x {cfg.dim} dims, "
         f"{cfg.n_species} species; present: {frac}"
     )
+    return 0
+
+
+def _run_parts(cfg, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from prom3e.data.parts import PartWriter
+    from prom3e.data.synthetic import generate_parts
+    from prom3e.data.table import from_arrow
+
+    parts = list(generate_parts(cfg, args.part_rows))
+    writer = PartWriter(args.out, {"synth": dataclasses.asdict(cfg), "part_rows": args.part_rows})
+    present, written = np.zeros(len(cfg.modalities)), 0
+    for first, make in tqdm(parts, desc="synth", unit="part"):
+        if writer.done(first):
+            continue
+        table = make()
+        present += from_arrow(table, source=f"{args.out} (part at row {first})").present.sum(0)
+        written += table.num_rows
+        writer.write(first, table)
+    writer.finish([first for first, _ in parts])
+    frac = " ".join(f"{m}={f / written:.2f}" for m, f in zip(cfg.modalities, present, strict=True))
+    print(f"wrote {args.out}: {cfg.n} rows in {len(parts)} parts ({written} rows written now), "
+          f"{len(cfg.modalities)} modalities x {cfg.dim} dims, {cfg.n_species} species"
+          + (f"; present: {frac}" if written else ""))
     return 0

@@ -10,13 +10,15 @@ EXAMPLES = """\
   prom3e train --data aligned.parquet --out runs/paper --model paper --label species
   prom3e train --data synth.parquet --out runs/synth --resume --epochs 60
   torchrun --nproc-per-node 4 -m prom3e.cli train --data big.parquet --out runs/big
+  prom3e train --data parts/ --out runs/big --model tiny    # a folder of parts, streamed (docs/SCALE.md)
 """
 
 
 def add_parser(sub) -> None:
     p = subparser(sub, "train", "Train ProM3E on a Parquet table (any modalities, any missingness).",
                   EXAMPLES)
-    p.add_argument("--data", required=True, help="Parquet table (see docs/DATA.md)")
+    p.add_argument("--data", required=True, help="Parquet table (see docs/DATA.md), or a folder or glob of "
+                   "Parquet parts: streamed, memory bounded by the shuffle buffer (docs/SCALE.md)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--config", help="YAML/JSON file of training options (flags below override it)")
     p.add_argument("--model", choices=["tiny", "base", "paper", "large"], help="architecture (default: base)")
@@ -28,6 +30,10 @@ def add_parser(sub) -> None:
     p.add_argument("--label", help="label column: same-label rows are not contrastive negatives")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--stream", action="store_true",
+                   help="stream --data from disk even when it is one file (folders and globs always are)")
+    p.add_argument("--shuffle-buffer", type=int, default=65536,
+                   help="rows in the shuffle buffer when streaming (default: 65536)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(p)
@@ -53,7 +59,9 @@ def load_options(path: str | None) -> dict:
 
 
 def run(args) -> int:
+    from prom3e.data.dataset import Dataset, is_dataset
     from prom3e.data.table import read_table
+    from prom3e.train.data import StreamingSource
     from prom3e.train.loop import TrainConfig, train
 
     options = load_options(args.config)
@@ -64,9 +72,18 @@ def run(args) -> int:
     options.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.from_dict(options)
     mods = args.modalities.split(",") if args.modalities else None
-    table = read_table(args.data, mods)
-    if cfg.label_column:
-        table.label(cfg.label_column)  # fail early, naming the column
+    if args.stream or is_dataset(args.data):
+        if args.shuffle_buffer < 1:
+            from prom3e.errors import Prom3eError
+
+            raise Prom3eError(f"--shuffle-buffer must be ≥ 1 row, got {args.shuffle_buffer}")
+        cfg.validate()
+        table = StreamingSource(Dataset(args.data, mods), cfg.val_fraction, cfg.val_cap, cfg.seed,
+                                cfg.label_column, args.shuffle_buffer)
+    else:
+        table = read_table(args.data, mods)
+        if cfg.label_column:
+            table.label(cfg.label_column)  # fail early, naming the column
     summary = train(table, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if summary.get("rank", 0) != 0:
         return 0

@@ -118,6 +118,23 @@ def _text_dialect(head: bytes, suffix: str, delimiter: str | None, encoding: str
     return _Dialect(delimiter=delim, quote=None if delim == "\t" else '"', encoding=encoding or "utf-8")
 
 
+def text_parse_options(path: str | os.PathLike, delimiter: str | None = None) -> pacsv.ParseOptions:
+    """How :func:`read_observations` would split a plain delimited file (sniffed from its
+    start, or ``delimiter``), for readers that stream it instead of reading it whole."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".gz", ".bz2", ".zst", ".lz4"):
+        suffix = Path(path.stem).suffix.lower()
+    try:
+        with pa.input_stream(str(path)) as fh:
+            head = fh.read(1 << 16)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise Prom3eError(f"{path}: not readable ({str(e).splitlines()[0]})") from None
+    d = _text_dialect(head, suffix, parse_delimiter(delimiter), None)
+    return pacsv.ParseOptions(delimiter=d.delimiter, quote_char=d.quote or False,
+                              newlines_in_values=d.quote is not None)
+
+
 # --- Darwin Core Archive ---------------------------------------------------------------
 
 def _local(tag: str) -> str:

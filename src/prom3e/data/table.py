@@ -143,21 +143,30 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
-def _modality_array(col: pa.ChunkedArray, name: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """One list column → (float32[N, d] with zeros where null, bool[N] present)."""
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+def _modality_array(col: pa.ChunkedArray | pa.Array, name: str, source: str, dim: int | None = None,
+                    offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One list column → (float32[N, d] with zeros where null, bool[N] present).
+
+    ``dim``: the modality's dim when already known (a later chunk of a dataset; then a chunk
+    without any value is allowed); ``offset``: added to row numbers in messages.
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    arr = col
     n = len(arr)
     present = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if not present.any():
-        raise Prom3eError(f"{source}: modality column '{name}' has no non-null value")
+        if dim is None:
+            raise Prom3eError(f"{source}: modality column '{name}' has no non-null value")
+        return np.zeros((n, dim), np.float32), present
     lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
     lengths = np.where(present, np.nan_to_num(lengths.astype(float), nan=-1), -1).astype(np.int64)
-    dim = int(lengths[present][0])
+    dim = int(lengths[present][0]) if dim is None else dim
     bad = np.flatnonzero(present & (lengths != dim))
     if bad.size:
         r = int(bad[0])
         raise Prom3eError(
-            f"{source}: column '{name}' row {r} has length {lengths[r]}, expected {dim} "
+            f"{source}: column '{name}' row {r + offset} has length {lengths[r]}, expected {dim} "
             f"(as in its first non-null row); {bad.size} row(s) differ"
         )
     if dim == 0:
@@ -167,15 +176,49 @@ def _modality_array(col: pa.ChunkedArray, name: str, source: str) -> tuple[np.nd
     if values.null_count:
         flat = np.asarray(values.is_null().to_numpy(zero_copy_only=False))
         r = int(rows[np.flatnonzero(flat)[0] // dim])
-        raise Prom3eError(f"{source}: column '{name}' row {r} has a null element inside its vector")
+        raise Prom3eError(f"{source}: column '{name}' row {r + offset} has a null element inside its vector")
     dense = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
     finite = np.isfinite(dense).all(1)
     if not finite.all():
         r = int(rows[np.flatnonzero(~finite)[0]])
-        raise Prom3eError(f"{source}: column '{name}' row {r} contains NaN or inf")
+        raise Prom3eError(f"{source}: column '{name}' row {r + offset} contains NaN or inf")
     out = np.zeros((n, dim), dtype=np.float32)
     out[rows] = dense
     return out, present
+
+
+def modality_columns(schema: pa.Schema, source: str, modalities: Sequence[str] | None = None) -> list[str]:
+    """The modality columns of a schema (or the requested ones), checked against the contract."""
+    names = [f.name for f in schema if _is_list(f.type)]
+    for f in schema:
+        if _is_list(f.type) and not _is_float_list(f.type):
+            raise Prom3eError(f"{source}: column '{f.name}' is a list of {f.type.value_type}, not numbers")
+    if modalities is not None:
+        missing = [m for m in modalities if m not in names]
+        if missing:
+            raise Prom3eError(f"{source}: no modality column(s) {', '.join(missing)} (have: {', '.join(names)})")
+        names = list(modalities)
+    if not names:
+        raise Prom3eError(f"{source}: no modality columns (lists of floats) found")
+    return names
+
+
+def check_rows(present: np.ndarray, source: str, offset: int = 0) -> None:
+    """Every row must have at least one modality present."""
+    empty = np.flatnonzero(~present.any(1))
+    if empty.size:
+        raise Prom3eError(
+            f"{source}: row {int(empty[0]) + offset} has no modality present ({empty.size} such row(s))"
+        )
+
+
+def metadata_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """The non-list columns of an Arrow table as NumPy arrays."""
+    return {
+        f.name: table.column(f.name).to_numpy(zero_copy_only=False)
+        for f in table.schema
+        if not _is_list(f.type)
+    }
 
 
 def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[str] | None = None,
@@ -186,35 +229,18 @@ def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[st
     leave out rows with none of them instead of failing."""
     if table.num_rows == 0:
         raise Prom3eError(f"{source}: the table is empty")
-    names = [f.name for f in table.schema if _is_list(f.type)]
-    for f in table.schema:
-        if _is_list(f.type) and not _is_float_list(f.type):
-            raise Prom3eError(f"{source}: column '{f.name}' is a list of {f.type.value_type}, not numbers")
-    if modalities is not None:
-        missing = [m for m in modalities if m not in names]
-        if missing:
-            raise Prom3eError(f"{source}: no modality column(s) {', '.join(missing)} (have: {', '.join(names)})")
-        names = list(modalities)
-    if not names:
-        raise Prom3eError(f"{source}: no modality columns (lists of floats) found")
+    names = modality_columns(table.schema, source, modalities)
     feats, pres = [], []
     for name in names:
         f, p = _modality_array(table.column(name), name, source)
         feats.append(f)
         pres.append(p)
     present = np.stack(pres, 1)
-    empty = np.flatnonzero(~present.any(1))
-    if empty.size and not drop_empty:
-        raise Prom3eError(
-            f"{source}: row {int(empty[0])} has no modality present ({empty.size} such row(s))"
-        )
-    meta = {
-        f.name: table.column(f.name).to_numpy(zero_copy_only=False)
-        for f in table.schema
-        if not _is_list(f.type)
-    }
-    out = ModalTable(names, feats, present, meta, source)
-    return out.take(np.flatnonzero(present.any(1))) if empty.size else out
+    keep = present.any(1)
+    if not drop_empty:
+        check_rows(present, source)
+    out = ModalTable(names, feats, present, metadata_columns(table), source)
+    return out if keep.all() else out.take(np.flatnonzero(keep))
 
 
 def read_table(path: str | os.PathLike, modalities: Sequence[str] | None = None,

@@ -128,6 +128,23 @@ def gather_inputs(table: pa.Table, m: ModalitySpec, kind: str, rows: np.ndarray,
     return cols[0]
 
 
+def embed_rows(table: pa.Table, rows: np.ndarray, spec: EmbedSpec, kinds: list[str], roots: list[Path],
+               encoders: list[Encoder]) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """Embed every modality for ``rows`` of ``table``: ``{name: list<float32> column}`` (null
+    where unusable) and ``bool[len(rows), M]``, true where the input cell was empty."""
+    cols, empty = {}, np.zeros((len(rows), len(spec.modalities)), bool)
+    for j, (m, kind, root, enc) in enumerate(zip(spec.modalities, kinds, roots, encoders, strict=True)):
+        inputs = gather_inputs(table, m, kind, rows, root)
+        filled = [i for i, v in enumerate(inputs) if v is not None]
+        empty[:, j] = [v is None for v in inputs]
+        x = np.zeros((len(rows), enc.dim), np.float32)
+        ok = np.zeros(len(rows), bool)
+        if filled:
+            x[filled], ok[filled] = enc.encode_masked([inputs[i] for i in filled])
+        cols[m.name] = vectors_to_arrow(x, ok)
+    return cols, empty
+
+
 def _keys(table: pa.Table, spec: EmbedSpec, source: str) -> pa.Array:
     if spec.id_column is None:
         return pa.array(np.arange(table.num_rows), pa.int64())
@@ -256,15 +273,7 @@ def embed(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLi
     bar = tqdm(total=len(todo), unit="row", desc="embed", disable=not progress or not len(todo))
     for s in range(0, len(todo), spec.batch_size):
         rows = todo[s : s + spec.batch_size]
-        cols = {"__key": keys.take(pa.array(rows))}
-        for m, kind, root, enc in zip(spec.modalities, kinds, roots, encoders, strict=True):
-            inputs = gather_inputs(table, m, kind, rows, root)
-            filled = [i for i, v in enumerate(inputs) if v is not None]
-            x = np.zeros((len(rows), enc.dim), np.float32)
-            ok = np.zeros(len(rows), bool)
-            if filled:
-                x[filled], ok[filled] = enc.encode_masked([inputs[i] for i in filled])
-            cols[m.name] = vectors_to_arrow(x, ok)
+        cols = {"__key": keys.take(pa.array(rows)), **embed_rows(table, rows, spec, kinds, roots, encoders)[0]}
         store.write(int(rows[0]), pa.table(cols))
         summary.embedded += len(rows)
         bar.update(len(rows))

@@ -160,6 +160,7 @@ def evaluate(
     plots: bool = True,
     progress: bool = False,
     command: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation suite; return the metrics (and write them when ``out_dir`` is set).
 
@@ -173,6 +174,8 @@ def evaluate(
     test part, rows marked ``train``/``fit``/``val`` the fit part) instead of ``fit_frac``.
     ``threads``: torch CPU threads while evaluating (restored after; default: unchanged) —
     1 is much faster on an oversubscribed machine, where multi-threaded small ops stall.
+    ``settings``: entries added to (or replacing) ``metrics["settings"]``, for a caller that
+    evaluates rows taken from a larger table (:mod:`prom3e.tasks.evaluate_dataset`).
     """
     params = dict(locals())  # the arguments above, passed on unchanged
     with _torch_threads(threads):
@@ -196,6 +199,7 @@ def _evaluate(
     fuser: FuserLike, table: ModalTable | str | os.PathLike, label: str | None, out_dir, *, modalities,
     visible, targets, max_visible, class_modality, class_prototypes, tasks, seed, fit_frac, split_column,
     max_fit, max_test, max_subset_size, delta_grid, batch_size, threads, plots, progress, command,
+    settings=None,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -283,6 +287,7 @@ def _evaluate(
             "max_subset_size": max_subset_size, "delta_grid": list(run.grid),
         },
     }
+    metrics["settings"].update(settings or {})
     extra: dict[str, Any] = {}
     if "retrieval" in tasks:
         metrics["retrieval"] = _retrieval_summary([p for r in per_set for p in r["retrieval"]])

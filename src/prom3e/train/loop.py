@@ -23,6 +23,7 @@ from prom3e.errors import Prom3eError
 from prom3e.models.prom3e import Prom3e, Prom3eConfig, named_config
 from prom3e.runtime import autocast, resolve_device, resolve_precision
 from prom3e.train import checkpoint as ckpt
+from prom3e.train.data import BatchSource, InMemorySource, label_ids, split_rows  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -74,13 +75,6 @@ class TrainConfig:
             raise Prom3eError("visible_probs must be non-negative with a positive sum")
 
 
-def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train/validation split of ``n`` rows."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     """Linear warm-up (at most a tenth of the run), then cosine (with optional restarts)."""
     warmup = min(cfg.warmup_steps, cfg.epochs * steps_per_epoch // 10)
@@ -89,13 +83,6 @@ def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     period = (cfg.restart_epochs or cfg.epochs) * steps_per_epoch
     t = ((step - warmup) % period) / period
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
-
-
-def label_ids(table: ModalTable, column: str | None) -> np.ndarray | None:
-    if column is None:
-        return None
-    _, ids = np.unique(table.label(column).astype(str), return_inverse=True)
-    return ids.astype(np.int64)
 
 
 @torch.no_grad()
@@ -151,10 +138,12 @@ def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
 
 
 class Trainer:
-    def __init__(self, table: ModalTable, cfg: TrainConfig, run_dir: str | os.PathLike,
+    def __init__(self, table: ModalTable | BatchSource, cfg: TrainConfig, run_dir: str | os.PathLike,
                  progress: bool = True):
         cfg.validate()
-        self.cfg, self.table, self.run = cfg, table, Path(run_dir)
+        if isinstance(table, ModalTable):
+            table = InMemorySource(table, cfg.val_fraction, cfg.val_cap, cfg.seed, cfg.label_column)
+        self.cfg, self.source, self.run = cfg, table, Path(run_dir)
         self.progress = progress
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
@@ -170,14 +159,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.model_cfg: Prom3eConfig = named_config(
-            cfg.model, table.modalities, table.dims, **cfg.model_overrides)
+            cfg.model, self.source.modalities, self.source.dims, **cfg.model_overrides)
         self.model = Prom3e(self.model_cfg).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
-        self.train_rows, self.val_rows = split_rows(len(table), cfg.val_fraction, cfg.seed)
-        self.x = torch.from_numpy(table.padded())
-        self.present = torch.from_numpy(table.present)
-        labels = label_ids(table, cfg.label_column)
-        self.labels = torch.from_numpy(labels) if labels is not None else None
         self.epoch, self.step, self.best = 0, 0, -1.0
         self.history: list[dict] = []
         self.ddp = None
@@ -197,7 +181,7 @@ class Trainer:
             "model": self.model_cfg.to_dict(),
             "train": asdict(self.cfg),
         })
-        ckpt.write_json(self.run / "schema.json", ckpt.schema_dict(self.table.modalities, self.table.dims))
+        ckpt.write_json(self.run / "schema.json", ckpt.schema_dict(self.source.modalities, self.source.dims))
         state = self.model.state_dict()
         if which == "best":
             ckpt.save_tensors(self.run / "model.safetensors", state)
@@ -239,31 +223,25 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         if self.rank == 0 and self.epoch == 0:
             (self.run / "log.jsonl").unlink(missing_ok=True)
-        n_train = len(self.train_rows)
-        per_rank = cfg.batch_size // self.world
-        steps_per_epoch = max(1, n_train // cfg.batch_size)
-        val_rows = self.val_rows[: cfg.val_cap]
+        steps_per_epoch = self.source.steps_per_epoch(cfg.batch_size)
         net = self.ddp or self.model
         self.model.train()
         while self.epoch < min(cfg.epochs, stop_after or cfg.epochs):
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
             torch.manual_seed(cfg.seed * 7_919 + self.epoch)
-            order = torch.from_numpy(self.train_rows)[torch.randperm(n_train, generator=gen)]
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            batches = self.source.batches(self.epoch, cfg.batch_size, gen)
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                        disable=not self.progress or self.rank != 0, leave=False)
             sums: dict[str, float] = {}
-            for i in bar:
-                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                present = self.present[idx]
-                visible = sample_visible(present, cfg.visible_probs, gen)
-                targets = training_targets(present, visible, cfg.reconstruct_all)
-                mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-                idx, visible, targets = idx[mine], visible[mine], targets[mine]
+            for i, batch in enumerate(bar):
+                visible = sample_visible(batch.present, cfg.visible_probs, gen)
+                targets = training_targets(batch.present, visible, cfg.reconstruct_all)
+                visible, targets = visible[batch.mine], targets[batch.mine]
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(self.step, steps_per_epoch, cfg)
-                x = self.x[idx].to(self.device, non_blocking=True)
-                lab = self.labels[idx].to(self.device) if self.labels is not None else None
+                x = batch.x.to(self.device, non_blocking=True)
+                lab = batch.labels.to(self.device) if batch.labels is not None else None
                 loss, stats = training_step(net, self.opt, x, visible.to(self.device), targets.to(self.device),
                                             lab, cfg, self.device, self.precision)
                 if not torch.isfinite(loss):
@@ -278,8 +256,7 @@ class Trainer:
                       **{k: v / steps_per_epoch for k, v in sums.items()},
                       "seconds": time.perf_counter() - t0}
             if self.rank == 0:
-                r1 = validation_r1(self.model, self.x[val_rows], self.present[val_rows], cfg.seed,
-                                   self.device, self.precision)
+                r1 = validation_r1(self.model, *self.source.validation(), cfg.seed, self.device, self.precision)
                 record["val_r1"] = r1
                 record["val_r1_mean"] = float(np.mean(list(r1.values()))) if r1 else 0.0
                 self._log(record)
@@ -292,24 +269,24 @@ class Trainer:
                           f"val R@1 {record['val_r1_mean']:.3f}  ({record['seconds']:.1f}s)", flush=True)
         summary = {"epochs": self.epoch, "best_val_r1_mean": self.best, "rank": self.rank,
                    "parameters": self.model.n_params(), "precision": self.precision,
-                   "device": str(self.device), "train_rows": len(self.train_rows),
-                   "val_rows": len(self.val_rows)}
+                   "device": str(self.device), "train_rows": self.source.n_train,
+                   "val_rows": self.source.n_val}
         if self.rank == 0:
             ckpt.write_json(self.run / "metrics.json", {**summary, "history": self.history})
-            ckpt.write_json(self.run / "split.json", {"seed": self.cfg.seed,
-                                                      "val_rows": self.val_rows.tolist()})
+            ckpt.write_json(self.run / "split.json", self.source.split_record())
         if self.distributed:
             dist.barrier()
         return summary
 
 
-def train(table: ModalTable, run_dir: str | os.PathLike, cfg: TrainConfig,
+def train(table: ModalTable | BatchSource, run_dir: str | os.PathLike, cfg: TrainConfig,
           resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train ProM3E on a validated table; write the run folder; return a summary."""
+    """Train ProM3E on a validated table (or a batch source, :mod:`prom3e.train.data`); write
+    the run folder; return a summary."""
     trainer = Trainer(table, cfg, run_dir, progress)
     if progress and trainer.rank == 0:
         print(f"prom3e: {cfg.model} model, {trainer.model.n_params():,} parameters, "
-              f"{len(table.modalities)} modalities, device {trainer.device}, {trainer.precision}",
+              f"{len(trainer.source.modalities)} modalities, device {trainer.device}, {trainer.precision}",
               flush=True)
     if resume:
         trainer.resume()
