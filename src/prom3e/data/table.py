@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write  # write_parquet's; importable from here too
 
 
 @dataclass
@@ -266,23 +266,6 @@ def vectors_to_arrow(x: np.ndarray, present: np.ndarray | None = None) -> pa.Arr
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
     mask = None if present is None else pa.array(~np.asarray(present, bool))
     return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1)), mask=mask)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_parquet(table: pa.Table | ModalTable, path: str | os.PathLike) -> None:

@@ -24,11 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from prom3e.data.table import atomic_write, vectors_to_arrow, write_parquet
+from prom3e.data.table import vectors_to_arrow, write_parquet
 from prom3e.encoders.base import Encoder
 from prom3e.encoders.registry import encoder_factory, encoder_info, get_encoder
 from prom3e.encoders.spec import EmbedSpec, ModalitySpec
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write
 
 ROW_COLUMN = "obs_row"
 META_KEY = b"prom3e.embed"

@@ -15,12 +15,14 @@ Two exact shortcuts keep the work to what is needed:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prom3e.config import Options
 from prom3e.models.grouped import ModalityMLP, group_pairs
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
 
@@ -28,7 +30,7 @@ N_SPECIAL = 2  # [mu], [logvar]
 
 
 @dataclass
-class Prom3eConfig:
+class Prom3eConfig(Options):
     modalities: list[str] = field(default_factory=list)
     dims: list[int] = field(default_factory=list)
     embed_dim: int = 256  # E
@@ -42,11 +44,20 @@ class Prom3eConfig:
     # token itself, whose scale the shared LN fixes, so σ stays near 1 and the noise swamps
     # the unit-norm μ. "affine": a learned per-dimension scale and shift (+2E parameters),
     # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar].
-    posterior_head: str = "linear"
+    posterior_head: Literal["none", "affine", "linear"] = "linear"
     init_logvar: float = -4.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    WHAT: ClassVar[str] = "model option"
+    BOUNDS: ClassVar[dict[str, str]] = {"dims": ">= 1", "embed_dim": ">= 1", "depth": ">= 1", "heads": ">= 1",
+                                        "mlp_dim": ">= 1", "registers": ">= 0", "dropout": "[0, 1)",
+                                        "logvar_clip": "> 0"}
+
+    def check(self) -> None:
+        if len(self.dims) != len(self.modalities) or len(set(self.modalities)) != len(self.modalities):
+            self.fail("dims", f"need one dim per distinct modality, got {len(self.dims)} dims for "
+                              f"{len(self.modalities)} modalities")
+        if self.embed_dim % self.heads:
+            self.fail("heads", f"must divide embed_dim ({self.embed_dim}), got {self.heads}")
 
 
 # Named configs: architecture only; modalities and dims come from the data.
@@ -65,7 +76,7 @@ def named_config(name: str, modalities: list[str], dims: list[int], **overrides)
         from prom3e.errors import Prom3eError
 
         raise Prom3eError(f"unknown model config '{name}' (have: {', '.join(CONFIGS)})")
-    return Prom3eConfig(modalities=list(modalities), dims=list(dims), **{**CONFIGS[name], **overrides})
+    return Prom3eConfig.from_dict({**CONFIGS[name], **overrides, "modalities": list(modalities), "dims": list(dims)})
 
 
 @dataclass

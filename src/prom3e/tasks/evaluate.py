@@ -33,6 +33,7 @@ import torch
 
 from prom3e.data.table import ModalTable, read_table
 from prom3e.errors import Prom3eError
+from prom3e.metrics import dedup_gallery
 from prom3e.tasks import gap as gap_mod
 from prom3e.tasks import probe as probe_mod
 from prom3e.tasks import uncertainty as unc
@@ -48,7 +49,7 @@ from prom3e.tasks.common import (
     stratified_subsample,
     visible_sets,
 )
-from prom3e.tasks.retrieval import DELTA_GRID, PairData, dedup_gallery, evaluate_pair, query_mean
+from prom3e.tasks.retrieval import DELTA_GRID, PairData, evaluate_pair, query_mean
 
 ALL_TASKS = ("retrieval", "zeroshot", "probe", "uncertainty", "gap")
 SCHEMA_VERSION = 1

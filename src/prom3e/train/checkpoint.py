@@ -17,8 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prom3e import __version__
-from prom3e.data.table import atomic_write
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write
 
 FORMAT_VERSION = 1
 

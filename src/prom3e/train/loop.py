@@ -12,23 +12,27 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from prom3e.config import Options
+from prom3e.data.labels import encode_labels
 from prom3e.data.masking import sample_visible, training_targets
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
-from prom3e.models.prom3e import Prom3e, Prom3eConfig, named_config
+from prom3e.metrics import dedup_gallery, recall_at_k, retrieval_ranks
+from prom3e.models.prom3e import CONFIGS, Prom3e, Prom3eConfig, named_config
 from prom3e.runtime import autocast, resolve_device, resolve_precision
 from prom3e.train import checkpoint as ckpt
 
 
 @dataclass
-class TrainConfig:
-    model: str = "base"  # a named architecture: tiny | base | paper | large
-    model_overrides: dict = field(default_factory=dict)
+class TrainConfig(Options):
+    model: Literal["tiny", "base", "paper", "large"] = "base"  # a named architecture
+    model_overrides: dict = field(default_factory=dict)  # Prom3eConfig fields, e.g. {depth: 2}
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
@@ -39,7 +43,7 @@ class TrainConfig:
     warmup_steps: int = 50
     restart_epochs: int = 0  # cosine warm restarts every T₀ epochs; 0 = one cosine over the run
     kl_weight: float = 1e-3
-    noise: str = "dim"  # per-dimension ε ("dim") or the reference's one ε per row ("scalar")
+    noise: Literal["dim", "scalar"] = "dim"  # per-dimension ε or the reference's one ε per row
     visible_probs: tuple[float, ...] = (0.9, 0.1)  # P(1 visible), P(2 visible), …
     reconstruct_all: bool = False  # reconstruct every present modality, not only masked ones
     label_column: str | None = None  # same-label rows are not negatives
@@ -47,31 +51,28 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_cap: int = 4000  # rows used for the per-epoch validation R@1
     seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16
-    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # 0 = torch's default
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise Prom3eError(f"unknown training option(s): {', '.join(unknown)}")
-        d = dict(d)
-        for k in ("betas", "visible_probs"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+    WHAT: ClassVar[str] = "training option"
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "epochs": ">= 1", "batch_size": ">= 2", "lr": "> 0", "min_lr": ">= 0", "weight_decay": ">= 0",
+        "betas": "[0, 1)", "eps": "> 0", "warmup_steps": ">= 0", "restart_epochs": ">= 0", "kl_weight": ">= 0",
+        "visible_probs": ">= 0", "val_fraction": "(0, 1)", "val_cap": ">= 1", "seed": ">= 0", "threads": ">= 0"}
 
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise Prom3eError("epochs must be ≥ 1 and batch_size ≥ 2")
-        if not 0 < self.val_fraction < 1:
-            raise Prom3eError("val_fraction must be in (0, 1)")
-        if self.noise not in ("dim", "scalar"):
-            raise Prom3eError("noise must be 'dim' or 'scalar'")
-        if not self.visible_probs or min(self.visible_probs) < 0 or sum(self.visible_probs) <= 0:
-            raise Prom3eError("visible_probs must be non-negative with a positive sum")
+    def check(self) -> None:
+        if not self.visible_probs or sum(self.visible_probs) <= 0:
+            self.fail("visible_probs", f"give non-negative probabilities with a positive sum, got {self.visible_probs}")
+        if self.min_lr > self.lr:
+            self.fail("min_lr", f"must be ≤ lr ({self.lr}), got {self.min_lr}")
+        fixed = {"modalities", "dims"}
+        known = [f.name for f in fields(Prom3eConfig) if f.name not in fixed]
+        bad = sorted(str(k) for k in self.model_overrides if k not in known)
+        if bad:
+            self.fail("model_overrides", f"unknown model option(s) {', '.join(bad)} (known: {', '.join(known)})")
+        Prom3eConfig.from_dict({**CONFIGS[self.model], **self.model_overrides, "modalities": ["a"], "dims": [1]},
+                               where="model_overrides")
 
 
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,37 +93,40 @@ def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
 
 
 def label_ids(table: ModalTable, column: str | None) -> np.ndarray | None:
-    if column is None:
-        return None
-    _, ids = np.unique(table.label(column).astype(str), return_inverse=True)
-    return ids.astype(np.int64)
+    """Label codes for the loss (−1 = no label: null, NaN or empty is never a class)."""
+    return None if column is None else encode_labels(table.label(column))[0]
 
 
 @torch.no_grad()
 def validation_r1(model: Prom3e, x: torch.Tensor, present: torch.Tensor, seed: int,
-                  device: torch.device, precision: str) -> dict[str, float]:
+                  device: torch.device, precision: str, batch_size: int = 1024) -> dict[str, float]:
     """R@1 of retrieving each row's real target among the validation rows, per modality.
 
     One fixed visible modality per row (seeded); each masked present modality is
-    reconstructed from μ and ranked against that modality's real embeddings.
+    reconstructed from μ and ranked by cosine against that modality's distinct real
+    embeddings (:mod:`prom3e.metrics`: a tie is a miss, NaN is a miss). Encoding and
+    ranking are chunked: memory grows linearly with the rows, never as rows².
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     visible = sample_visible(present, (1.0,), gen)
+    mods = list(range(x.shape[1]))
+    recon = torch.empty(len(mods), len(x), x.shape[2])
+    for i in range(0, len(x), batch_size):
+        with autocast(device, precision):
+            post = model.encode(x[i:i + batch_size].to(device), visible[i:i + batch_size].to(device))
+            recon[:, i:i + batch_size] = model.decode(post.mu, mods).float().cpu()
     out: dict[str, float] = {}
-    with autocast(device, precision):
-        post = model.encode(x.to(device), visible.to(device))
-        recon = model.decode(post.mu, list(range(x.shape[1])))  # [M, B, D]
-    for m, name in enumerate(model.cfg.modalities):  # metric only, not the training hot path
+    for m, (name, d) in enumerate(zip(model.cfg.modalities, model.cfg.dims, strict=True)):
         rows = (present[:, m] & ~visible[:, m]).nonzero().squeeze(1)
-        gallery = present[:, m].nonzero().squeeze(1)
         if len(rows) == 0:
             continue
-        sims = recon[m, rows].float() @ x[gallery, m].to(device).float().T
-        true_pos = torch.searchsorted(gallery.to(device), rows.to(device))
-        # identical gallery embeddings (a shared satellite tile) are indistinguishable: a tie counts
-        hit = sims.gather(1, true_pos[:, None]).squeeze(1) >= sims.max(1).values
-        out[name] = hit.float().mean().item()
+        have = present[:, m].nonzero().squeeze(1)
+        gallery, inv = dedup_gallery(x[have, m, :d].numpy())  # a shared tile is one item
+        where = torch.full((len(x),), -1, dtype=torch.long)
+        where[have] = torch.arange(len(have))
+        ranks = retrieval_ranks(recon[m, rows, :d], gallery, inv[where[rows]])
+        out[name] = float(recall_at_k(ranks, 1))
     model.train()
     return out
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from prom3e.data.table import atomic_write
+from prom3e.io import atomic_write
 
 
 def write_text(path: Path, text: str) -> None:
