@@ -79,6 +79,16 @@ def named_config(name: str, modalities: list[str], dims: list[int], **overrides)
     return Prom3eConfig.from_dict({**CONFIGS[name], **overrides, "modalities": list(modalities), "dims": list(dims)})
 
 
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for a repeated integer ``index``, deterministic in the backward pass.
+
+    The backward of advanced indexing (``index_put_`` with accumulation) adds on CPU with
+    parallel atomic adds, whose order — and so the float rounding — changes run to run with
+    more than one thread; ``index_select``'s backward (``index_add_``) does not.
+    """
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 @dataclass
 class Posterior:
     mu: Tensor  # [B, E], unit norm
@@ -210,7 +220,7 @@ class Prom3e(nn.Module):
         pos = (visible.cumsum(1) - 1)[g.rows, g.mods]  # place of each pair in its row's sequence
         where = torch.zeros(b, length, dtype=torch.long, device=x.device)
         where[g.rows, pos] = g.group * g.size + g.slot
-        seq = tokens.flatten(0, 1)[where]  # [B, L, E]; positions past a row's count are masked
+        seq = _gather_rows(tokens.flatten(0, 1), where)  # [B, L, E]; positions past a row's count are masked
         rest_ok = torch.arange(length, device=x.device) < count[:, None]
         p = self.prefix.shape[0]
         n_keep = p if hidden else N_SPECIAL
@@ -298,7 +308,7 @@ class Prom3e(nn.Module):
         g = group_pairs(targets)
         b, m = x.shape[:2]
         pick = g.rows[g.index]  # [U, C] row of each buffer position (padding: a copy, masked by valid)
-        pred = F.normalize(self.decode_mlp(z[pick], g.used).float(), dim=-1)
+        pred = F.normalize(self.decode_mlp(_gather_rows(z, pick), g.used).float(), dim=-1)
         true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
         lab = labels[pick] if labels is not None else None
         recon, acc = contrastive_reconstruction(
