@@ -196,7 +196,10 @@ def test_align_cli_end_to_end(tmp_path, capsys):
     rec = load_aligner(model).record
     assert rec["fit_rows"] == int((t.meta["split"] == "train").sum())
     assert (model / "model.safetensors").exists()
-    assert main([*argv, "--anchor", "nope"]) == 2
+    before = out.read_bytes()
+    assert main([*argv, "--anchor", "image"]) == 2  # an existing output is not replaced silently
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    assert main([*argv, "--anchor", "nope", "--overwrite"]) == 2
     assert "unknown modality 'nope'" in capsys.readouterr().err
-    assert main([*argv, "--anchor", "image", "--fit-where", "split=never"]) == 2
+    assert main([*argv, "--anchor", "image", "--fit-where", "split=never", "--overwrite"]) == 2
     assert "no row has split = 'never'" in capsys.readouterr().err

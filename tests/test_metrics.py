@@ -79,7 +79,6 @@ def test_ranks_are_chunked_and_chunking_changes_nothing(monkeypatch):
         return real_rank(scores, true_idx, work)
 
     monkeypatch.setattr(metrics, "CHUNK", 500 * 7)
-    monkeypatch.setattr(metrics, "chunk_rows", lambda n, budget=None: max(1, 500 * 7 // n))
     monkeypatch.setattr(metrics, "rank_from_scores", spy)
     assert torch.equal(metrics.retrieval_ranks(q, g, t), full)
     assert max(seen) <= 500 * 7 and len(seen) == -(-500 // 7)  # never a 500 × 500 matrix

@@ -122,7 +122,9 @@ class Options:
         self.validate()
 
     def _name(self, field: str, where: str | None = None) -> str:
-        return f"{where}.{field}" if where else f"{self.WHAT} '{field}'"
+        if not where:
+            return f"{self.WHAT} '{field}'"
+        return f"{where[:-1]}.{field}'" if where.endswith("'") else f"{where}.{field}"
 
     def validate(self, where: str | None = None) -> None:
         """Check every field (and :meth:`check`); store the values as their declared types."""
@@ -140,6 +142,10 @@ class Options:
 
     def fail(self, field: str, message: str) -> typing.NoReturn:
         raise Prom3eError(f"{self._name(field)}: {message}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str | None = None) -> typing.Self:

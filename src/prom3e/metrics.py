@@ -59,9 +59,10 @@ def dedup_gallery(target: Array) -> tuple[torch.Tensor, torch.Tensor]:
     return l2n(uniq), torch.from_numpy(inv.reshape(-1).astype(np.int64))
 
 
-def chunk_rows(n_candidates: int, budget: int = CHUNK) -> int:
-    """Query rows per chunk so that a ``[rows, n_candidates]`` score matrix fits ``budget``."""
-    return max(1, budget // max(1, n_candidates))
+def chunk_rows(n_candidates: int, budget: int | None = None) -> int:
+    """Query rows per chunk so that a ``[rows, n_candidates]`` score matrix fits ``budget``
+    elements (default :data:`CHUNK`; at least one row)."""
+    return max(1, (budget or CHUNK) // max(1, n_candidates))
 
 
 # --- ranks -----------------------------------------------------------------------------------

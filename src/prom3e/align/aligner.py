@@ -22,6 +22,7 @@ from prom3e.errors import Prom3eError
 from prom3e.io import atomic_write
 
 FORMAT = "prom3e.aligner/1"
+ALIGNER_FILES = ("config.json", "model.safetensors")
 
 
 class Aligner:

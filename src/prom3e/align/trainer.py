@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from prom3e.align.aligner import Aligner
+from prom3e.align.aligner import ALIGNER_FILES, Aligner
 from prom3e.align.heads import AnchorProjection, Head, apply
 from prom3e.align.supcon import LogitScale, supcon_loss
 from prom3e.config import Options
@@ -160,6 +160,8 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
     from tqdm.auto import tqdm
 
     cfg = config or AlignConfig()
+    cfg.validate()
+    table.check_values()  # huge or NaN inputs: one clear line, not a failure inside eigh
     device = resolve_device(cfg.device)
     encoders = encoders or {}
     a = table.index(anchor)
@@ -232,17 +234,26 @@ def parse_where(expr: str | None, table: ModalTable) -> np.ndarray:
 def align_file(data: str | os.PathLike, anchor: str, out: str | os.PathLike,
                model_out: str | os.PathLike, label: str | None = None,
                config: AlignConfig | None = None, fit_where: str | None = None,
-               modalities: list[str] | None = None, progress: bool = True) -> Aligner:
-    """The ``prom3e align`` command: read, fit (on ``fit_where`` rows), transform, write."""
+               modalities: list[str] | None = None, progress: bool = True,
+               overwrite: bool = False) -> Aligner:
+    """The ``prom3e align`` command: read, fit (on ``fit_where`` rows), transform, write.
+
+    Both outputs are checked before the work (an input is never replaced; an existing output
+    only with ``overwrite``)."""
     from prom3e.data.table import read_table, write_parquet
     from prom3e.encoders.embed import encoder_configs
+    from prom3e.io import check_output_dir, check_output_file
 
+    cfg = config or AlignConfig()
+    cfg.validate()
+    check_output_file(out, inputs=[data], overwrite=overwrite)
+    check_output_dir(model_out, products=ALIGNER_FILES, inputs=[data, out], overwrite=overwrite, what="--model-out")
     table = read_table(data, modalities)
     table.index(anchor)  # a clear error for an unknown anchor
     if label is not None:
         table.label(label)
     fit = parse_where(fit_where, table)
-    aligner = fit_aligner(table.take(np.flatnonzero(fit)), anchor, label, config,
+    aligner = fit_aligner(table.take(np.flatnonzero(fit)), anchor, label, cfg,
                           encoder_configs(data), progress)
     aligner.record["fit_rows"] = int(fit.sum())
     aligner.record["fit_where"] = fit_where

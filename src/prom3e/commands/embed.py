@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, subparser
 
 EXAMPLES = """\
   prom3e embed --observations obs.csv --spec embed.yaml --out features.parquet
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
                    help="discard a partial earlier run instead of resuming it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-encoders", action="store_true", help="list the encoders and exit")
+    add_overwrite(p, "OUT that another spec (or another program) wrote")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -58,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     summary = embed(args.observations, load_spec(args.spec), args.out, device=args.device,
-                    restart=args.restart, progress=not args.no_progress)
+                    restart=args.restart, progress=not args.no_progress, overwrite=args.overwrite)
     print("\n".join(summary.lines()))
     return 0

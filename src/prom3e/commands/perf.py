@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import subparser
+from prom3e.commands.common import add_overwrite, count, int_list, subparser
 
 EXAMPLES = """\
   prom3e perf train --config paper --batch 1024 --threads 2
@@ -18,14 +18,15 @@ def add_parser(sub) -> None:
                   EXAMPLES, aliases=["bench"])
     p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e"])
     p.add_argument("--config", default="paper", choices=["tiny", "base", "paper", "large"])
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (medians reported)")
+    p.add_argument("--batch", type=count(1), default=1024)
+    p.add_argument("--threads", type=count(1), default=2, help="torch threads (default: 2)")
+    p.add_argument("--repeats", type=count(1), default=5, help="timed rounds per variant (medians reported)")
     p.add_argument("--precision", default="both", choices=["both", "fp32", "bf16"],
                    help="our model's precision(s) to time (train/encode); the reference is fp32")
     p.add_argument("--no-reference", action="store_true", help="train: skip the reference re-implementation")
-    p.add_argument("--sizes", default="100000,1000000", help="retrieval: gallery sizes")
+    p.add_argument("--sizes", type=int_list(1), default=[100000, 1000000], help="retrieval: gallery sizes")
     p.add_argument("--out", default="bench-demo", help="e2e: demo output folder")
+    add_overwrite(p, "e2e demo output in --out")
     p.set_defaults(func=run)
 
 
@@ -59,14 +60,14 @@ def run(args) -> int:
     elif args.what == "retrieval":
         from prom3e.perf.retrieval import bench_retrieval
 
-        r = bench_retrieval(tuple(int(s) for s in args.sizes.split(",")))
+        r = bench_retrieval(tuple(args.sizes))
         summary = (f"retrieval dim {r['dim']}, {r['queries']} queries in one batch, threads {r['threads']}: "
                    + "; ".join(f"{k}: {v['queries_per_s']:.0f} q/s, R@10 {v['recall_at_10']:.3f}"
                                for k, v in r["results"].items()))
     else:
         from prom3e.perf.e2e import bench_e2e
 
-        r = bench_e2e(args.out, threads=args.threads)
+        r = bench_e2e(args.out, ["--overwrite"] if args.overwrite else [], threads=args.threads)
         ttq = r.get("time_to_quality", {})
         summary = (f"prom3e demo ({r.get('model')} config, batch {r.get('batch_size')}, precision "
                    f"{r.get('precision')}), threads {r['threads']}: {r['wall_s']:.0f}s wall (exit {r['returncode']}), "

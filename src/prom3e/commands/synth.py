@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
 
 EXAMPLES = """\
   prom3e synth --out data/synth.parquet
@@ -20,18 +20,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         EXAMPLES,
     )
     p.add_argument("--out", required=True, metavar="T.parquet", help="output Parquet file")
-    p.add_argument("--n", type=int, default=20000, help="rows (default: 20000)")
-    p.add_argument("--dim", type=int, default=64, help="embedding dim (default: 64)")
-    p.add_argument("--species", type=int, default=100, help="number of species (default: 100)")
+    p.add_argument("--n", type=count(1), default=20000, help="rows (default: 20000)")
+    p.add_argument("--dim", type=count(4), default=64, help="embedding dim (default: 64)")
+    p.add_argument("--species", type=count(2), default=100, help="number of species (default: 100)")
     p.add_argument(
         "--modalities", default="image,sat,loc,env,text,sound",
         help="comma-separated: image,sat,loc,env,text,sound or m<k> (noisy species views)",
     )
     p.add_argument(
-        "--missing-rate", type=float, default=0.3,
+        "--missing-rate", type=number(0, 1, high_open=True), default=0.3,
         help="probability that each modality is missing in a row (default: 0.3)",
     )
-    p.add_argument("--noise", type=float, default=1.0, help="noise multiplier (default: 1.0)")
+    p.add_argument("--noise", type=number(0), default=1.0, help="noise multiplier (default: 1.0)")
+    add_overwrite(p)
     add_common(p, device=False)
     p.set_defaults(func=run)
     return p
@@ -40,6 +41,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from prom3e.data.synthetic import SynthConfig, generate
     from prom3e.data.table import from_arrow, write_parquet
+    from prom3e.io import check_output_file
 
     mods = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     cfg = SynthConfig(
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         missing_rate=args.missing_rate, noise=args.noise, seed=args.seed,
         always_present=("image",) if "image" in mods else (),
     )
+    check_output_file(args.out, overwrite=args.overwrite)
     table = generate(cfg)
     t = from_arrow(table, source=str(args.out))
     write_parquet(table, args.out)

@@ -105,6 +105,15 @@ class ModalTable:
             )
         return self.meta[column]
 
+    def check_values(self) -> ModalTable:
+        """Refuse NaN/inf or overflowing vectors in present rows (see :func:`check_vectors`);
+        tables read from files are checked already, tables built in memory are not."""
+        for name, f, p in zip(self.modalities, self.features, self.present.T, strict=True):
+            rows = np.flatnonzero(p)
+            if rows.size:
+                check_vectors(f, name, self.source, rows, select=True)
+        return self
+
     def check_schema(self, modalities: Sequence[str], dims: Sequence[int]) -> ModalTable:
         """Match this table to a model's schema by name; return it reordered to that schema.
 
@@ -131,6 +140,31 @@ class ModalTable:
                 feats.append(np.zeros((len(self), dim), np.float32))
                 pres.append(np.zeros(len(self), bool))
         return ModalTable(list(known), feats, np.stack(pres, 1), dict(self.meta), self.source)
+
+
+SQNORM_MAX = float(np.finfo(np.float32).max)
+
+
+def check_vectors(x: np.ndarray, column: str, source: str, rows: np.ndarray | None = None,
+                  select: bool = False) -> None:
+    """Refuse NaN/inf and vectors whose squared norm overflows float32 (it would turn into
+    NaN or zero in any norm, LayerNorm or cosine downstream): one line naming column and row.
+    ``rows[i]`` is the table row of ``x[i]`` (default ``i``); with ``select``, only the rows
+    ``x[rows]`` are checked. Chunked: bounded memory."""
+    n, d = (len(rows), x.shape[1]) if select and rows is not None else x.shape
+    step = max(1, (1 << 20) // max(1, d))
+    for i in range(0, n, step):
+        block = np.asarray(x[rows[i:i + step]] if select and rows is not None else x[i:i + step])
+        finite = np.isfinite(block).all(1)
+        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64) if finite.all() else None
+        bad = np.flatnonzero(~finite) if sq is None else np.flatnonzero(sq > SQNORM_MAX)
+        if bad.size:
+            j = int(bad[0])
+            r = int(rows[i + j]) if rows is not None else i + j
+            if not finite[j]:
+                raise Prom3eError(f"{source}: column '{column}' row {r} contains NaN or inf")
+            raise Prom3eError(f"{source}: column '{column}' row {r} has values too large (squared norm "
+                              f"{sq[j]:.3g} overflows float32; rescale the column)")
 
 
 def _is_float_list(t: pa.DataType) -> bool:
@@ -169,10 +203,7 @@ def _modality_array(col: pa.ChunkedArray, name: str, source: str) -> tuple[np.nd
         r = int(rows[np.flatnonzero(flat)[0] // dim])
         raise Prom3eError(f"{source}: column '{name}' row {r} has a null element inside its vector")
     dense = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-    finite = np.isfinite(dense).all(1)
-    if not finite.all():
-        r = int(rows[np.flatnonzero(~finite)[0]])
-        raise Prom3eError(f"{source}: column '{name}' row {r} contains NaN or inf")
+    check_vectors(dense, name, source, rows)
     out = np.zeros((n, dim), dtype=np.float32)
     out[rows] = dense
     return out, present

@@ -29,7 +29,7 @@ from prom3e.encoders.base import Encoder
 from prom3e.encoders.registry import encoder_factory, encoder_info, get_encoder
 from prom3e.encoders.spec import EmbedSpec, ModalitySpec
 from prom3e.errors import Prom3eError
-from prom3e.io import atomic_write
+from prom3e.io import atomic_write, check_output_file
 
 ROW_COLUMN = "obs_row"
 META_KEY = b"prom3e.embed"
@@ -221,11 +221,19 @@ def _previous_output(out: Path, fingerprint: str, key_name: str,
 
 
 def embed(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLike,
-          device: str = "cpu", restart: bool = False, progress: bool = True) -> EmbedSummary:
-    """Embed every modality of the spec for every observation; write ``out`` atomically."""
+          device: str = "cpu", restart: bool = False, progress: bool = True,
+          overwrite: bool = False) -> EmbedSummary:
+    """Embed every modality of the spec for every observation; write ``out`` atomically.
+
+    An existing ``out`` written with the same spec is updated (its rows are reused); any
+    other existing file is refused unless ``overwrite``; an input is never replaced.
+    """
     from tqdm.auto import tqdm
 
     obs_path, out = Path(observations), Path(out)
+    same_spec = _previous_output(out, spec.fingerprint(), spec.id_column or ROW_COLUMN,
+                                 [m.name for m in spec.modalities]) is not None
+    check_output_file(out, inputs=[obs_path, spec.source], overwrite=overwrite or same_spec)
     table = read_observations(obs_path)
     keep = _check_columns(table, spec, str(obs_path))
     keys = _keys(table, spec, str(obs_path))

@@ -24,7 +24,7 @@ import torch
 
 from prom3e.errors import Prom3eError
 from prom3e.io import atomic_write
-from prom3e.tasks.common import l2n
+from prom3e.metrics import l2n
 
 EXACT = "exact"
 FORMAT = "prom3e-gallery-index/1"

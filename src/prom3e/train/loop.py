@@ -23,6 +23,7 @@ from prom3e.data.labels import encode_labels
 from prom3e.data.masking import sample_visible, training_targets
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
+from prom3e.io import write_text
 from prom3e.metrics import dedup_gallery, recall_at_k, retrieval_ranks
 from prom3e.models.prom3e import CONFIGS, Prom3e, Prom3eConfig, named_config
 from prom3e.runtime import autocast, resolve_device, resolve_precision
@@ -154,18 +155,28 @@ def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
     return loss, stats
 
 
+# settings that may differ on --resume without --allow-changes (they change neither the
+# split nor the trajectory of the epochs already run)
+RESUME_FREE = ("epochs", "device", "threads")
+
+
 class Trainer:
     def __init__(self, table: ModalTable, cfg: TrainConfig, run_dir: str | os.PathLike,
-                 progress: bool = True):
+                 progress: bool = True, resume: bool = False, overwrite: bool = False,
+                 allow_changes: bool = False):
         cfg.validate()
+        table.check_values()  # tables built in memory are not checked by the readers
         self.cfg, self.table, self.run = cfg, table, Path(run_dir)
-        self.progress = progress
+        self.progress, self.allow_changes = progress, allow_changes
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
             dist.init_process_group(backend)
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
+        if self.rank == 0:  # before any work: refuse a run in the way, clean a killed run's debris
+            source = Path(table.source)
+            ckpt.prepare_run(self.run, resume, overwrite, [source] if source.is_file() else [])
         if self.distributed and torch.cuda.is_available() and cfg.device != "cpu":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         self.device = resolve_device(cfg.device)
@@ -178,11 +189,14 @@ class Trainer:
         self.model = Prom3e(self.model_cfg).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
         self.train_rows, self.val_rows = split_rows(len(table), cfg.val_fraction, cfg.seed)
+        if len(self.train_rows) < 2:
+            raise Prom3eError(f"{table.source}: {len(table)} row(s) leave {len(self.train_rows)} for training "
+                              f"after the validation split; need at least 2")
         self.x = torch.from_numpy(table.padded())
         self.present = torch.from_numpy(table.present)
         labels = label_ids(table, cfg.label_column)
         self.labels = torch.from_numpy(labels) if labels is not None else None
-        self.epoch, self.step, self.best = 0, 0, -1.0
+        self.epoch, self.step, self.best, self.best_epoch = 0, 0, -1.0, 0
         self.history: list[dict] = []
         self.ddp = None
         if self.distributed:
@@ -192,40 +206,57 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
     # --- persistence ---------------------------------------------------------------------
-    def _save(self, which: str) -> None:
-        if self.rank != 0:
-            return
-        self.run.mkdir(parents=True, exist_ok=True)
+    def _write_config(self) -> None:
         ckpt.write_json(self.run / "config.json", {
             "format_version": ckpt.FORMAT_VERSION,
             "model": self.model_cfg.to_dict(),
             "train": asdict(self.cfg),
         })
         ckpt.write_json(self.run / "schema.json", ckpt.schema_dict(self.table.modalities, self.table.dims))
+
+    def _checkpoint(self, improved: bool) -> None:
+        """``last/`` atomically (with the best so far), then the best weights if this epoch is it:
+        a kill between the two is repaired on resume (:meth:`resume`)."""
         state = self.model.state_dict()
-        if which == "best":
-            ckpt.save_tensors(self.run / "model.safetensors", state)
-            return
-        last = self.run / "last"
-        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt)
-        ckpt.save_tensors(last / "model.safetensors", state)
-        ckpt.save_tensors(last / "optimizer.safetensors", opt_tensors)
-        ckpt.write_json(last / "state.json", {
-            "epoch": self.epoch, "step": self.step, "best": self.best,
-            "history": self.history, "optimizer": opt_meta,
-        })
+        ckpt.save_checkpoint(self.run, state, self.opt, {
+            "epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+            "history": self.history, "data": ckpt.table_fingerprint(self.table, self.cfg.label_column)})
+        if improved:
+            ckpt.save_tensors(self.run / "model.safetensors", state, {"epoch": self.epoch})
+
+    def _changed_settings(self, saved: dict) -> list[str]:
+        new = json.loads(json.dumps(asdict(self.cfg)))
+        return [f"{k} {saved[k]!r} → {new[k]!r}" for k in sorted(saved.keys() & new.keys())
+                if saved[k] != new[k] and k not in RESUME_FREE]
 
     def resume(self) -> None:
+        """Continue from ``last/``: refuse other settings or another table (unless
+        ``allow_changes``), verify the checkpoint, and put ``log.jsonl`` back in step with it."""
         last = self.run / "last"
-        state = ckpt.read_json(last / "state.json")
         saved = ckpt.read_json(self.run / "config.json")
         if saved.get("model") != json.loads(json.dumps(self.model_cfg.to_dict())):
             raise Prom3eError(f"{self.run}: --resume with a different model config or table schema")
+        changed = self._changed_settings(saved.get("train", {}))
+        state = ckpt.read_checkpoint_state(self.run)
+        data = ckpt.table_fingerprint(self.table, self.cfg.label_column)
+        if state.get("data") not in (None, data):
+            old = state["data"]
+            changed.append(f"the table ({old.get('rows')} rows → {data['rows']}" +
+                           (", same row count but other contents)" if old.get("rows") == data["rows"] else ")"))
+        if changed and not self.allow_changes:
+            raise Prom3eError(f"{self.run}: --resume with different settings: {'; '.join(changed)} "
+                              "(the split and the schedule would change; pass --allow-changes to continue anyway)")
         ckpt.load_state_into(self.model, last / "model.safetensors")
         ckpt.restore_optimizer(self.opt, ckpt.load_tensors(last / "optimizer.safetensors"),
                                state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        self.history = state["history"]
+        self.best_epoch, self.history = state.get("best_epoch", 0), state["history"]
+        if self.rank == 0:
+            best = self.run / "model.safetensors"
+            if self.best_epoch == self.epoch and _saved_epoch(best) != self.epoch:  # killed before the copy
+                ckpt.save_tensors(best, self.model.state_dict(), {"epoch": self.epoch})
+            lines = "".join(json.dumps(r) + "\n" for r in self.history)  # epochs past the checkpoint: gone
+            write_text(self.run / "log.jsonl", lines)
 
     # --- the loop ------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
@@ -240,9 +271,11 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.run.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0 and self.epoch == 0:
-            (self.run / "log.jsonl").unlink(missing_ok=True)
+        if self.rank == 0:
+            self.run.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            if self.epoch == 0:
+                (self.run / "log.jsonl").unlink(missing_ok=True)
         n_train = len(self.train_rows)
         per_rank = cfg.batch_size // self.world
         steps_per_epoch = max(1, n_train // cfg.batch_size)
@@ -286,11 +319,11 @@ class Trainer:
                                    self.device, self.precision)
                 record["val_r1"] = r1
                 record["val_r1_mean"] = float(np.mean(list(r1.values()))) if r1 else 0.0
+                improved = record["val_r1_mean"] > self.best
+                if improved:
+                    self.best, self.best_epoch = record["val_r1_mean"], self.epoch
                 self._log(record)
-                if record["val_r1_mean"] > self.best:
-                    self.best = record["val_r1_mean"]
-                    self._save("best")
-                self._save("last")
+                self._checkpoint(improved)
                 if self.progress:
                     print(f"epoch {self.epoch}/{cfg.epochs}  loss {record['loss']:.4f}  "
                           f"val R@1 {record['val_r1_mean']:.3f}  ({record['seconds']:.1f}s)", flush=True)
@@ -307,10 +340,25 @@ class Trainer:
         return summary
 
 
+def _saved_epoch(path: Path) -> int | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("epoch", -1))
+    except (OSError, ValueError, RuntimeError, SafetensorError):
+        return None
+
+
 def train(table: ModalTable, run_dir: str | os.PathLike, cfg: TrainConfig,
-          resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train ProM3E on a validated table; write the run folder; return a summary."""
-    trainer = Trainer(table, cfg, run_dir, progress)
+          resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          overwrite: bool = False, allow_changes: bool = False) -> dict:
+    """Train ProM3E on a validated table; write the run folder; return a summary.
+
+    An existing run in ``run_dir`` is refused unless ``resume`` (continue it: same settings
+    and table, unless ``allow_changes``) or ``overwrite`` (replace it)."""
+    trainer = Trainer(table, cfg, run_dir, progress, resume=resume, overwrite=overwrite,
+                      allow_changes=allow_changes)
     if progress and trainer.rank == 0:
         print(f"prom3e: {cfg.model} model, {trainer.model.n_params():,} parameters, "
               f"{len(table.modalities)} modalities, device {trainer.device}, {trainer.precision}",

@@ -170,6 +170,7 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
             rows.append(["adding a modality lowers ‖σ‖₁", x["holds"],
                          f"{_f(x['frac_mean_lower'])} of {x['n']} (set, added) cases on average; "
                          f"{_f(x['mean_frac_rows_lower'])} of rows"])
+        rows = [[r[0], "not enough data" if r[1] is None else r[1], r[2]] for r in rows]
         parts.append(_table(["claim", "holds", "evidence"], rows))
 
     if "retrieval" in m:
