@@ -152,19 +152,26 @@ def check_vectors(x: np.ndarray, column: str, source: str, rows: np.ndarray | No
     ``rows[i]`` is the table row of ``x[i]`` (default ``i``); with ``select``, only the rows
     ``x[rows]`` are checked. Chunked: bounded memory."""
     n, d = (len(rows), x.shape[1]) if select and rows is not None else x.shape
+    safe = float(np.sqrt(SQNORM_MAX / max(1, d)))  # |values| ≤ this cannot overflow: skip the exact check
     step = max(1, (1 << 20) // max(1, d))
     for i in range(0, n, step):
         block = np.asarray(x[rows[i:i + step]] if select and rows is not None else x[i:i + step])
         finite = np.isfinite(block).all(1)
-        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64) if finite.all() else None
-        bad = np.flatnonzero(~finite) if sq is None else np.flatnonzero(sq > SQNORM_MAX)
+        bad = np.flatnonzero(~finite)
+        sq = None
+        if not bad.size:
+            big = np.flatnonzero(np.abs(block).max(1, initial=0.0) > safe)
+            if big.size:
+                sq = np.einsum("ij,ij->i", block[big], block[big], dtype=np.float64)
+                bad = big[sq > SQNORM_MAX]
         if bad.size:
             j = int(bad[0])
             r = int(rows[i + j]) if rows is not None else i + j
             if not finite[j]:
                 raise Prom3eError(f"{source}: column '{column}' row {r} contains NaN or inf")
+            norm2 = float(np.einsum("i,i->", block[j], block[j], dtype=np.float64))
             raise Prom3eError(f"{source}: column '{column}' row {r} has values too large (squared norm "
-                              f"{sq[j]:.3g} overflows float32; rescale the column)")
+                              f"{norm2:.3g} overflows float32; rescale the column)")
 
 
 def _is_float_list(t: pa.DataType) -> bool:
