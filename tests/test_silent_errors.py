@@ -256,3 +256,20 @@ def test_modal_table_check_values_names_row():
     t = ModalTable(["a"], [np.array([[1.0, 2.0], [np.inf, 0.0]], np.float32)], np.array([[True], [True]]))
     with pytest.raises(Prom3eError, match="column 'a' row 1 contains NaN or inf"):
         t.check_values()
+
+
+def test_a_modality_with_one_target_in_a_batch_does_not_nan_the_gradients():
+    """A group with a single real target is padded with copies of it; with dedup those copies
+    had every logit at −∞ and log-softmax's backward turned them into NaN (training 'diverged'
+    at step 2 on a valid 600-row table)."""
+    from prom3e.models.losses import contrastive_reconstruction
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(2, 3, 8, generator=g, requires_grad=True)
+    true = torch.randn(2, 3, 8, generator=g)
+    true[1, 1:] = true[1, 0]  # padding: copies of the one real pair
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    loss, _ = contrastive_reconstruction(pred, true, valid, torch.tensor([-5.0, -5.0]), torch.tensor([5.0, 5.0]),
+                                         None, dedup=True)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
