@@ -223,3 +223,18 @@ def test_weights_with_another_dtype_are_refused(tiny_run, tmp_path):
     save_file({k: (v * 1000).long() for k, v in state.items()}, str(run / "model.safetensors"))
     with pytest.raises(Prom3eError, match="is I64, the model wants torch.float32"):
         Fuser.load(run)
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, small_table):
+    cfg = TrainConfig(epochs=2, **FAST)
+    train(small_table, tmp_path / "straight", cfg, progress=False)
+    run = tmp_path / "run"
+    train(small_table, run, cfg, progress=False, stop_after=1)
+    for p in list(run.iterdir()):  # what a kill in epoch 1 leaves: the configs only
+        if p.name not in ("config.json", "schema.json"):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    with pytest.raises(Prom3eError, match="holds a prom3e run"):
+        train(small_table, run, cfg, progress=False)
+    train(small_table, run, cfg, resume=True, progress=False)
+    assert [json.loads(r)["epoch"] for r in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert snapshot(run / "last")["model.safetensors"] == snapshot(tmp_path / "straight" / "last")["model.safetensors"]

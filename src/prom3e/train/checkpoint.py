@@ -179,7 +179,7 @@ def prepare_run(run: str | os.PathLike, resume: bool, overwrite: bool,
     """Check (and with ``clean``, clean) a run folder before training starts.
 
     A file there, an existing run without ``resume`` or ``overwrite``, ``resume`` without a
-    checkpoint, or an unwritable place is refused in one line. With ``clean``, stale
+    run, or an unwritable place is refused in one line. With ``clean``, stale
     temporaries of a killed run are removed and ``overwrite`` removes the old run's files
     (nothing else in the folder); without it nothing is changed (a check before reading data).
     """
@@ -191,9 +191,8 @@ def prepare_run(run: str | os.PathLike, resume: bool, overwrite: bool,
     if clean:
         io.clean_stale(run, links=("last",))
     if resume:
-        committed = any(p.is_dir() and not p.name.endswith(io.TMP_SUFFIX) for p in run.glob(".last-*"))
-        if not ((run / "last" / "state.json").exists() or committed) or not (run / "config.json").exists():
-            raise Prom3eError(f"{run}: nothing to resume (no last/ checkpoint); drop --resume to start a new run")
+        if not (run / "config.json").exists():  # (a run killed before its first checkpoint resumes from epoch 0)
+            raise Prom3eError(f"{run}: nothing to resume (no prom3e run there); drop --resume to start a new run")
         io.check_output_dir(run, inputs=inputs, overwrite=True, what="run folder")
         return run
     if (run / "config.json").exists() and not overwrite:

@@ -237,6 +237,11 @@ class Trainer:
         if saved.get("model") != json.loads(json.dumps(self.model_cfg.to_dict())):
             raise Prom3eError(f"{self.run}: --resume with a different model config or table schema")
         changed = self._changed_settings(saved.get("train", {}))
+        if not (last / "state.json").exists():  # killed before its first checkpoint: start again
+            if changed and not self.allow_changes:
+                raise Prom3eError(f"{self.run}: --resume with different settings: {'; '.join(changed)} "
+                                  "(pass --allow-changes to continue anyway)")
+            return
         state = ckpt.read_checkpoint_state(self.run)
         data = ckpt.table_fingerprint(self.table, self.cfg.label_column)
         if state.get("data") not in (None, data):
