@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -213,7 +212,3 @@ def load_mapping(path: str | os.PathLike, what: str = "options") -> dict:
     if not isinstance(data, dict):
         raise Prom3eError(f"{path}: expected a mapping of {what}, got {type(data).__name__}")
     return data
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
