@@ -273,3 +273,9 @@ def test_a_modality_with_one_target_in_a_batch_does_not_nan_the_gradients():
                                          None, dedup=True)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+
+
+def test_report_warns_about_non_finite_reconstructions(small_table, tmp_path):
+    evaluate(NaNFuser(small_table.modalities, small_table.dims), small_table, label="species", out_dir=tmp_path,
+             tasks=["retrieval"], visible=[["image"]], targets=["text"], plots=False, threads=1)
+    assert "reconstruction(s) held NaN/inf; each was scored as a miss" in (tmp_path / "report.md").read_text()

@@ -176,6 +176,9 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
     if "retrieval" in m:
         r = m["retrieval"]
         parts.append("## 1. Retrieval: cross-modal (δ = 0), reconstruction (δ = 1), inversion (δ on fit)\n")
+        if r["summary"].get("n_nonfinite"):
+            parts.append(f"**Warning:** {r['summary']['n_nonfinite']} reconstruction(s) held NaN/inf; each was "
+                         "scored as a miss (worst rank).\n")
         by = r["summary"]["by_visible_size"]
         parts.append(_table(
             ["visible", "pairs", "R@1 cross", "R@1 recon", "R@1 inversion", "R@5 cross", "R@5 inversion",
