@@ -49,6 +49,7 @@ def load_options(path: str | None) -> dict:
 
 
 def run(args) -> int:
+    import os
     from pathlib import Path
 
     from prom3e.data.table import read_table
@@ -67,7 +68,8 @@ def run(args) -> int:
         known = {k: v for k, v in saved.items() if k in TrainConfig.field_names()}
         options = {**known, **options}  # the run's settings, then what was given now
     cfg = TrainConfig.from_dict(options)
-    ckpt.prepare_run(args.out, args.resume, args.overwrite, [args.data], clean=False)  # a check, before the work
+    if int(os.environ.get("RANK", "0")) == 0:  # a check before the work (rank 0 alone writes the run)
+        ckpt.prepare_run(args.out, args.resume, args.overwrite, [args.data], clean=False)
     mods = args.modalities.split(",") if args.modalities else None
     table = read_table(args.data, mods)
     if cfg.label_column:
