@@ -202,7 +202,7 @@ def test_errors(table):
         evaluate(fuser, table, visible=[["radar"]])
     with pytest.raises(Prom3eError, match="unknown target"):
         evaluate(fuser, table, targets=["radar"])
-    with pytest.raises(Prom3eError, match="unknown task"):
+    with pytest.raises(Prom3eError, match="evaluation option .tasks.*should be .retrieval"):
         evaluate(fuser, table, tasks=["magic"])
     with pytest.raises(Prom3eError, match="no label column"):
         evaluate(fuser, table, label="genus_name")

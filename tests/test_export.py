@@ -181,7 +181,7 @@ def test_hf_hub_reference_from_the_offline_cache(tiny_run, exported, small_table
     assert main(["reconstruct", "--model", "hf-hub:lab/tiny-prom3e@v1", "--data", str(data), "--target",
                  "text", "--out", str(out), "--device", "cpu"]) == 0
     assert main(["reconstruct", "--model", "hf-hub:lab/absent", "--data", str(data), "--target", "text",
-                 "--out", str(out)]) == 2
+                 "--out", str(out.with_name("other.parquet"))]) == 2
     assert "cannot load 'hf-hub:lab/absent'" in capsys.readouterr().err
 
 

@@ -17,10 +17,12 @@ import numpy as np
 from torch import nn
 
 from prom3e.align.heads import apply, build
-from prom3e.data.table import ModalTable, atomic_write
+from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write
 
 FORMAT = "prom3e.aligner/1"
+ALIGNER_FILES = ("config.json", "model.safetensors")
 
 
 class Aligner:

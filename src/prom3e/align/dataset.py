@@ -72,6 +72,10 @@ def align_dataset(data: str | os.PathLike, anchor: str, out: str | os.PathLike, 
     if resumed:
         aligner = load_aligner(heads, cfg.device)
     else:
+        from prom3e.align.aligner import ALIGNER_FILES
+        from prom3e.io import check_output_dir
+
+        check_output_dir(heads, products=ALIGNER_FILES, inputs=[data, out], overwrite=restart, what="--model-out")
         rows, matched = fit_rows(ds, fit_where, max_fit_rows, cfg.seed)
         fit = ds.take(rows, meta=[label] if label else False)
         aligner = fit_aligner(fit, anchor, label, cfg, encoder_configs(ds.files[0]), progress)

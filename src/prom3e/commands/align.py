@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
 
 EXAMPLES = """\
   prom3e align --data features.parquet --anchor image --out aligned.parquet --model-out ALIGN
@@ -31,27 +31,26 @@ def add_parser(sub) -> None:
     p.add_argument("--fit-where", metavar="COL=VALUE",
                    help="fit on these rows only (e.g. split=train); all rows are transformed")
     p.add_argument("--modalities", help="comma-separated modalities to use (default: all)")
-    p.add_argument("--dim", type=int, help="D, the shared dim (default: min(512, anchor dim))")
+    p.add_argument("--dim", type=count(1), help="D, the shared dim (default: min(512, anchor dim))")
     p.add_argument("--anchor-proj", default="pca", choices=["pca", "pca_whiten", "center"],
                    help="the anchor's fixed projection to D (default: pca)")
     p.add_argument("--head", default="mlp", choices=["mlp", "linear"],
                    help="head type for frozen encoders' features (default: mlp)")
-    p.add_argument("--hidden", type=int, default=1024, help="MLP head width (default: 1024)")
-    p.add_argument("--epochs", type=int, default=100, help="max epochs per modality (100)")
-    p.add_argument("--batch-size", type=int, default=256, help="pairs per batch (256)")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (1e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (0.01)")
-    p.add_argument("--val-frac", type=float, default=0.1,
+    p.add_argument("--hidden", type=count(1), default=1024, help="MLP head width (default: 1024)")
+    p.add_argument("--epochs", type=count(1), default=100, help="max epochs per modality (100)")
+    p.add_argument("--batch-size", type=count(2), default=256, help="pairs per batch (256)")
+    p.add_argument("--lr", type=number(0, low_open=True), default=1e-4, help="AdamW learning rate (1e-4)")
+    p.add_argument("--weight-decay", type=number(0), default=0.01, help="AdamW weight decay (0.01)")
+    p.add_argument("--val-frac", type=number(0, 1, high_open=True), default=0.1,
                    help="pairs held out for early stopping (0.1)")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience (10)")
+    p.add_argument("--patience", type=count(0), default=10, help="early-stopping patience (10)")
     p.add_argument("--parts", action="store_true",
                    help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts)")
-    p.add_argument("--max-fit-rows", type=int, default=500_000,
+    p.add_argument("--max-fit-rows", type=count(2), default=500_000,
                    help="with parts: fit on a seeded subsample of at most this many rows (default: 500000)")
-    p.add_argument("--part-rows", type=int, default=65536, help="with parts: rows per output part (default: 65536)")
-    p.add_argument("--restart", action="store_true",
-                   help="with parts: discard a folder holding another run's output instead of refusing it")
+    p.add_argument("--part-rows", type=count(), default=65536, help="with parts: rows per output part (default: 65536)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite(p, "--out / --model-out")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -59,15 +58,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from prom3e.align.trainer import AlignConfig, align_file
     from prom3e.data.dataset import is_dataset
-    from prom3e.errors import Prom3eError
 
-    for k in ("epochs", "batch_size", "hidden"):
-        if getattr(args, k) < 1:
-            raise Prom3eError(f"--{k.replace('_', '-')} must be ≥ 1")
-    if args.dim is not None and args.dim < 1:
-        raise Prom3eError("--dim must be ≥ 1")
-    if not 0 <= args.val_frac < 1:
-        raise Prom3eError("--val-frac must be in [0, 1)")
     cfg = AlignConfig(dim=args.dim, anchor_proj=args.anchor_proj, head=args.head,
                       hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, val_frac=args.val_frac,
@@ -77,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
         from prom3e.align.dataset import align_dataset
 
         aligner = align_dataset(args.data, args.anchor, args.out, args.model_out, args.label, cfg, args.fit_where,
-                                mods, not args.no_progress, args.max_fit_rows, args.part_rows, args.restart)
+                                mods, not args.no_progress, args.max_fit_rows, args.part_rows, args.overwrite)
     else:
         aligner = align_file(args.data, args.anchor, args.out, args.model_out, args.label, cfg,
-                             args.fit_where, mods, progress=not args.no_progress)
+                             args.fit_where, mods, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"aligned {len(aligner.modalities)} modalities to '{args.anchor}' in "
           f"{aligner.dim}-d → {args.out}; heads → {args.model_out}")
     for name, rec in aligner.record["modalities"].items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, count, subparser
 
 EXAMPLES = """\
   prom3e embed --observations obs.csv --spec embed.yaml --out features.parquet
@@ -47,10 +47,11 @@ def add_parser(sub) -> None:
     p.add_argument("--parts", action="store_true",
                    help="write OUT as a folder of parts (automatic for a folder of observations and "
                         "under torchrun)")
-    p.add_argument("--part-rows", type=int, default=50_000,
+    p.add_argument("--part-rows", type=count(), default=50_000,
                    help="observations per part with --parts (default: 50000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-encoders", action="store_true", help="list the encoders and exit")
+    add_overwrite(p, "OUT that another spec (or another program) wrote")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -88,6 +89,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = embed(args.observations, load_spec(args.spec), args.out, device=args.device,
                     restart=args.restart, progress=not args.no_progress,
-                    delimiter=args.delimiter, encoding=args.encoding)
+                    delimiter=args.delimiter, encoding=args.encoding, overwrite=args.overwrite)
     print("\n".join(summary.lines()))
     return 0

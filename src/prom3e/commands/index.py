@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import subparser
+from prom3e.commands.common import add_overwrite, count, subparser
 
 EXAMPLES = """\
   prom3e index build --data gallery.parquet --column text --out text.index.safetensors
@@ -27,9 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--spec", default="exact", help="build: 'exact' or a faiss index_factory string")
     p.add_argument("--params", default=None, help="faiss search parameters, e.g. nprobe=16 or efSearch=128 "
                    "(build: stored with the index; search: overrides them)")
-    p.add_argument("--k", type=int, default=10, help="search: neighbours per query (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0, help="build: seed of the training sample (default 0)")
+    p.add_argument("--k", type=count(1), default=10, help="search: neighbours per query (default 10)")
+    p.add_argument("--threads", type=count(1), default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--seed", type=count(0), default=0, help="build: seed of the training sample (default 0)")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -44,7 +45,11 @@ def run(args) -> int:
     from prom3e.data.table import read_column, write_parquet
     from prom3e.errors import Prom3eError
     from prom3e.index import GalleryIndex
+    from prom3e.io import check_output_file
 
+    if args.action == "search" and not args.index:
+        raise Prom3eError("search needs --index (a file written by 'prom3e index build')")
+    check_output_file(args.out, inputs=[args.data, args.index], overwrite=args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -60,10 +65,6 @@ def run(args) -> int:
         print(f"wrote {args.out}: {len(index)} '{args.column}' vectors of {args.data}, {args.spec} index "
               f"({time.perf_counter() - t0:.1f}s)")
         return 0
-    if not args.index:
-        raise Prom3eError("search needs --index (a file written by 'prom3e index build')")
-    if args.k < 1:
-        raise Prom3eError(f"--k must be ≥ 1, got {args.k}")
     index = GalleryIndex.load(args.index)
     if args.params is not None:
         index.set_params(args.params)

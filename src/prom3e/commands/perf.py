@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import subparser
+from prom3e.commands.common import add_overwrite, count, int_list, number, subparser
 
 EXAMPLES = """\
   prom3e perf train --config paper --batch 1024 --threads 2
@@ -21,26 +21,27 @@ def add_parser(sub) -> None:
     p.add_argument("what", choices=["train", "encode", "reconstruct", "retrieval", "e2e", "serve", "scale"])
     p.add_argument("--config", default=None, choices=["tiny", "base", "paper", "large"],
                    help="model config (default: paper; serve: base, the demo's; scale: tiny)")
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (medians reported)")
+    p.add_argument("--batch", type=count(1), default=1024)
+    p.add_argument("--threads", type=count(1), default=2, help="torch threads (default: 2)")
+    p.add_argument("--repeats", type=count(1), default=5, help="timed rounds per variant (medians reported)")
     p.add_argument("--precision", default="both", choices=["both", "fp32", "bf16"],
                    help="our model's precision(s) to time (train/encode); the reference is fp32")
     p.add_argument("--no-reference", action="store_true", help="train: skip the reference re-implementation")
-    p.add_argument("--sizes", default="100000,1000000", help="retrieval: gallery sizes")
+    p.add_argument("--sizes", type=int_list(1), default=[100000, 1000000], help="retrieval: gallery sizes")
     p.add_argument("--out", default="bench-demo", help="e2e: demo output folder; scale: run folder")
-    p.add_argument("--requests", type=int, default=5000, help="serve: requests per batch size (default 5000)")
-    p.add_argument("--concurrency", type=int, default=16, help="serve: concurrent clients (default 16)")
+    p.add_argument("--requests", type=count(1), default=5000, help="serve: requests per batch size (default 5000)")
+    p.add_argument("--concurrency", type=count(1), default=16, help="serve: concurrent clients (default 16)")
     p.add_argument("--rows", default="1,64", help="serve: rows per request, comma-separated (default 1,64)")
-    p.add_argument("--dim", type=int, default=64, help="serve: dim of each of the 6 modalities (default 64)")
-    p.add_argument("--workers", type=int, default=1, help="serve: server worker processes (default 1)")
+    p.add_argument("--dim", type=count(1), default=64, help="serve: dim of each of the 6 modalities (default 64)")
+    p.add_argument("--workers", type=count(1), default=1, help="serve: server worker processes (default 1)")
     p.add_argument("--endpoint", default="/encode", choices=["/encode", "/reconstruct", "/next-modality"],
                    help="serve: the endpoint to load (default /encode)")
-    p.add_argument("--time-limit", type=float, default=300.0,
+    p.add_argument("--time-limit", type=number(0, low_open=True), default=300.0,
                    help="serve: seconds per batch size at most (default 300)")
     p.add_argument("--data", help="scale: a folder of Parquet parts (e.g. from 'prom3e synth --parts')")
-    p.add_argument("--nproc", type=int, default=1, help="scale: processes (torchrun) (default: 1)")
-    p.add_argument("--shuffle-buffer", type=int, default=65536, help="scale: rows in the shuffle buffer")
+    p.add_argument("--nproc", type=count(1), default=1, help="scale: processes (torchrun) (default: 1)")
+    p.add_argument("--shuffle-buffer", type=count(1), default=65536, help="scale: rows in the shuffle buffer")
+    add_overwrite(p, "e2e demo output in --out")
     p.set_defaults(func=run)
 
 
@@ -92,7 +93,7 @@ def run(args) -> int:
     elif args.what == "retrieval":
         from prom3e.perf.retrieval import bench_retrieval
 
-        r = bench_retrieval(tuple(int(s) for s in args.sizes.split(",")))
+        r = bench_retrieval(tuple(args.sizes))
         summary = (f"retrieval dim {r['dim']}, {r['queries']} queries in one batch, threads {r['threads']}: "
                    + "; ".join(f"{k}: {v['queries_per_s']:.0f} q/s, R@10 {v['recall_at_10']:.3f}"
                                for k, v in r["results"].items()))
@@ -118,7 +119,7 @@ def run(args) -> int:
     else:
         from prom3e.perf.e2e import bench_e2e
 
-        r = bench_e2e(args.out, threads=args.threads)
+        r = bench_e2e(args.out, ["--overwrite"] if args.overwrite else [], threads=args.threads)
         ttq = r.get("time_to_quality", {})
         summary = (f"prom3e demo ({r.get('model')} config, batch {r.get('batch_size')}, precision "
                    f"{r.get('precision')}), threads {r['threads']}: {r['wall_s']:.0f}s wall (exit {r['returncode']}), "

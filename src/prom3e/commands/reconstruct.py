@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, count, subparser
 
 EXAMPLES = """\
   prom3e reconstruct --model runs/synth --data synth.parquet --target text --out text.parquet
@@ -21,22 +21,23 @@ def add_parser(sub) -> None:
     p.add_argument("--target", required=True, help="modality to reconstruct")
     p.add_argument("--visible", help="comma-separated visible modalities (default: every present "
                    "modality of the row except the target)")
-    p.add_argument("--samples", type=int, default=0,
+    p.add_argument("--samples", type=count(0), default=0,
                    help="also write N posterior draws per row (column TARGET_samples); the mean "
                    "column then averages them (default 0: decode μ)")
     p.add_argument("--out", required=True, help="Parquet file to write")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=count(1), default=1024)
+    add_overwrite(p)
     p.add_argument("--parts", action="store_true",
                    help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts, "
                         "and under torchrun)")
-    p.add_argument("--part-rows", type=int, default=65536, help="input rows per output part (default: 65536)")
-    p.add_argument("--restart", action="store_true",
-                   help="parts: discard a folder holding another run's output instead of refusing it")
+    p.add_argument("--part-rows", type=count(), default=65536, help="input rows per output part (default: 65536)")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import numpy as np
 
     from prom3e.api import Fuser
@@ -44,17 +45,23 @@ def run(args) -> int:
     from prom3e.data.table import read_table, write_parquet
     from prom3e.distributed import bind_gpu, world_from_env
     from prom3e.errors import Prom3eError
+    from prom3e.io import check_output_file
 
     bind_gpu()  # under torchrun: one GPU per process
+    parts = args.parts or is_dataset(args.data) or world_from_env()[1] > 1
+    if not parts:  # a folder of parts checks itself (resumable, never another program's folder)
+        run_files = [Path(args.model) / n for n in ("config.json", "schema.json", "model.safetensors")]
+        check_output_file(args.out, inputs=[args.data, *run_files], overwrite=args.overwrite)
     fuser = Fuser.load(args.model, device=args.device)
     fuser._index(args.target)
-    if args.samples < 0:
-        raise Prom3eError("--samples must be ≥ 0")
-    vis_names = args.visible.split(",") if args.visible else [m for m in fuser.modalities if m != args.target]
+    vis_names = [v for v in args.visible.split(",") if v] if args.visible else \
+        [m for m in fuser.modalities if m != args.target]
     for name in vis_names:
         fuser._index(name)
+    if args.target in vis_names:
+        raise Prom3eError(f"--target {args.target} is also in --visible: a visible modality is not reconstructed")
     cols = np.isin(fuser.modalities, vis_names)
-    if args.parts or is_dataset(args.data) or world_from_env()[1] > 1:
+    if parts:
         return _run_parts(args, fuser, cols)
     table = read_table(args.data).check_schema(fuser.modalities, fuser.dims)
     out, done = _reconstruct(fuser, table, cols, args, args.seed)
@@ -72,6 +79,7 @@ def _reconstruct(fuser, table, cols, args, seed: int, progress: bool = True):
     from tqdm.auto import tqdm
 
     from prom3e.data.table import vectors_to_arrow
+    from prom3e.errors import Prom3eError
 
     t = fuser._index(args.target)
     visible = table.present & cols
@@ -94,6 +102,10 @@ def _reconstruct(fuser, table, cols, args, seed: int, progress: bool = True):
             draws[r] = rec[f"{args.target}:samples"].numpy().transpose(1, 0, 2)
     ok = np.zeros(n, bool)
     ok[rows] = True
+    broken = np.flatnonzero(ok & ~(np.isfinite(mean).all(1) & np.isfinite(sigma)))
+    if broken.size:  # never write NaN with exit 0
+        raise Prom3eError(f"the model produced NaN/inf for {broken.size} row(s) (first: row {int(broken[0])}); "
+                          f"nothing written to {args.out}")
     out = {k: pa.array(v) for k, v in table.meta.items()}
     out[args.target] = vectors_to_arrow(mean, ok)
     if draws is not None:
@@ -124,7 +136,7 @@ def _run_parts(args, fuser, cols) -> int:
     fingerprint = {"model": file_fingerprint([run / "config.json", run / "model.safetensors"]),
                    "data": file_fingerprint(ds.files), "target": args.target, "visible": args.visible,
                    "samples": args.samples, "seed": args.seed, "part_rows": args.part_rows}
-    writer = PartWriter(args.out, fingerprint, args.restart)
+    writer = PartWriter(args.out, fingerprint, args.overwrite)
     firsts, done = list(range(0, ds.num_rows, args.part_rows)), 0
     for k, first in enumerate(tqdm(firsts, desc="reconstruct", unit="part", disable=rank != 0)):
         if k % world != rank or writer.done(first):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
 
 EXAMPLES = """\
   prom3e synth --out data/synth.parquet
@@ -21,21 +21,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
         EXAMPLES,
     )
     p.add_argument("--out", required=True, metavar="T.parquet", help="output Parquet file")
-    p.add_argument("--n", type=int, default=20000, help="rows (default: 20000)")
-    p.add_argument("--dim", type=int, default=64, help="embedding dim (default: 64)")
-    p.add_argument("--species", type=int, default=100, help="number of species (default: 100)")
+    p.add_argument("--n", type=count(1), default=20000, help="rows (default: 20000)")
+    p.add_argument("--dim", type=count(4), default=64, help="embedding dim (default: 64)")
+    p.add_argument("--species", type=count(2), default=100, help="number of species (default: 100)")
     p.add_argument(
         "--modalities", default="image,sat,loc,env,text,sound",
         help="comma-separated: image,sat,loc,env,text,sound or m<k> (noisy species views)",
     )
     p.add_argument(
-        "--missing-rate", type=float, default=0.3,
+        "--missing-rate", type=number(0, 1, high_open=True), default=0.3,
         help="probability that each modality is missing in a row (default: 0.3)",
     )
-    p.add_argument("--noise", type=float, default=1.0, help="noise multiplier (default: 1.0)")
+    p.add_argument("--noise", type=number(0), default=1.0, help="noise multiplier (default: 1.0)")
+    add_overwrite(p)
     p.add_argument("--parts", action="store_true",
                    help="write OUT as a folder of Parquet parts (docs/SCALE.md); resumable")
-    p.add_argument("--part-rows", type=int, default=262144, help="rows per part with --parts (default: 262144)")
+    p.add_argument("--part-rows", type=count(), default=262144, help="rows per part with --parts (default: 262144)")
     add_common(p, device=False)
     p.set_defaults(func=run)
     return p
@@ -44,6 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from prom3e.data.synthetic import SynthConfig, generate
     from prom3e.data.table import from_arrow, write_parquet
+    from prom3e.io import check_output_file
 
     mods = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     cfg = SynthConfig(
@@ -52,11 +54,8 @@ def run(args: argparse.Namespace) -> int:
         always_present=("image",) if "image" in mods else (),
     )
     if args.parts:
-        if args.part_rows < 1:
-            from prom3e.errors import Prom3eError
-
-            raise Prom3eError(f"--part-rows must be ≥ 1, got {args.part_rows}")
         return _run_parts(cfg, args)
+    check_output_file(args.out, overwrite=args.overwrite)
     table = generate(cfg)
     t = from_arrow(table, source=str(args.out))
     write_parquet(table, args.out)
@@ -79,7 +78,8 @@ def _run_parts(cfg, args: argparse.Namespace) -> int:
     from prom3e.data.table import from_arrow
 
     parts = list(generate_parts(cfg, args.part_rows))
-    writer = PartWriter(args.out, {"synth": dataclasses.asdict(cfg), "part_rows": args.part_rows})
+    writer = PartWriter(args.out, {"synth": dataclasses.asdict(cfg), "part_rows": args.part_rows},
+                        restart=args.overwrite)
     present, written = np.zeros(len(cfg.modalities)), 0
     for first, make in tqdm(parts, desc="synth", unit="part"):
         if writer.done(first):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
 
 EXAMPLES = """\
   prom3e synth --out synth.parquet
   prom3e train --data synth.parquet --out runs/synth --epochs 30
   prom3e train --data aligned.parquet --out runs/paper --model paper --label species
   prom3e train --data synth.parquet --out runs/synth --resume --epochs 60
+  prom3e train --data synth.parquet --out runs/synth --config train.yaml --overwrite
   torchrun --nproc-per-node 4 -m prom3e.cli train --data big.parquet --out runs/big
   prom3e train --data parts/ --out runs/big --model tiny    # a folder of parts, streamed (docs/SCALE.md)
+
+Settings come from the defaults, then --config, then the flags given. With --resume they
+start from the run's own settings; a flag that changes the split or the schedule (seed,
+lr, batch size, …) or another table is refused unless --allow-changes.
 """
 
 
@@ -23,44 +28,39 @@ def add_parser(sub) -> None:
     p.add_argument("--config", help="YAML/JSON file of training options (flags below override it)")
     p.add_argument("--model", choices=["tiny", "base", "paper", "large"], help="architecture (default: base)")
     p.add_argument("--modalities", help="comma-separated subset of modality columns to use")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--kl-weight", type=float)
+    p.add_argument("--epochs", type=count(1))
+    p.add_argument("--batch-size", type=count(2))
+    p.add_argument("--lr", type=number(0, low_open=True))
+    p.add_argument("--kl-weight", type=number(0))
     p.add_argument("--label", help="label column: same-label rows are not contrastive negatives")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=count(1), help="CPU threads (default: torch's choice)")
     p.add_argument("--stream", action="store_true",
                    help="stream --data from disk even when it is one file (folders and globs always are)")
-    p.add_argument("--shuffle-buffer", type=int, default=65536,
+    p.add_argument("--shuffle-buffer", type=count(1), default=65536,
                    help="rows in the shuffle buffer when streaming (default: 65536)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even though settings or the table differ from the run's")
+    add_overwrite(p, "run in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_common(p)
+    add_common(p, from_config=True)
     p.set_defaults(func=run)
 
 
 def load_options(path: str | None) -> dict:
-    if not path:
-        return {}
-    from pathlib import Path
+    from prom3e.config import load_mapping
 
-    import yaml
-
-    from prom3e.errors import Prom3eError
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())  # JSON is YAML too
-    except (OSError, yaml.YAMLError) as e:
-        raise Prom3eError(f"{path}: cannot read config ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise Prom3eError(f"{path}: expected a mapping of training options")
-    return data
+    return load_mapping(path, "training options") if path else {}
 
 
 def run(args) -> int:
+    import os
+    from pathlib import Path
+
     from prom3e.data.dataset import Dataset, is_dataset
     from prom3e.data.table import read_table
+    from prom3e.train import checkpoint as ckpt
     from prom3e.train.data import StreamingSource
     from prom3e.train.loop import TrainConfig, train
 
@@ -70,13 +70,16 @@ def run(args) -> int:
              "precision": args.precision, "threads": args.threads, "seed": args.seed,
              "device": args.device}
     options.update({k: v for k, v in flags.items() if v is not None})
+    TrainConfig.from_dict(options)  # bad options: one line, before anything else
+    if args.resume and (Path(args.out) / "config.json").is_file():
+        saved = ckpt.read_json(Path(args.out) / "config.json").get("train", {})
+        known = {k: v for k, v in saved.items() if k in TrainConfig.field_names()}
+        options = {**known, **options}  # the run's settings, then what was given now
     cfg = TrainConfig.from_dict(options)
+    if int(os.environ.get("RANK", "0")) == 0:  # a check before the work (rank 0 alone writes the run)
+        ckpt.prepare_run(args.out, args.resume, args.overwrite, [args.data], clean=False)
     mods = args.modalities.split(",") if args.modalities else None
     if args.stream or is_dataset(args.data):
-        if args.shuffle_buffer < 1:
-            from prom3e.errors import Prom3eError
-
-            raise Prom3eError(f"--shuffle-buffer must be ≥ 1 row, got {args.shuffle_buffer}")
         cfg.validate()
         table = StreamingSource(Dataset(args.data, mods), cfg.val_fraction, cfg.val_cap, cfg.seed,
                                 cfg.label_column, args.shuffle_buffer)
@@ -84,7 +87,8 @@ def run(args) -> int:
         table = read_table(args.data, mods)
         if cfg.label_column:
             table.label(cfg.label_column)  # fail early, naming the column
-    summary = train(table, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    summary = train(table, args.out, cfg, resume=args.resume, progress=not args.quiet,
+                    overwrite=args.overwrite, allow_changes=args.allow_changes)
     if summary.get("rank", 0) != 0:
         return 0
     record_encoders(args.data, args.out, table.modalities)

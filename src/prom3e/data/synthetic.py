@@ -32,10 +32,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from prom3e.config import Options
 from prom3e.data.table import ModalTable, from_arrow, vectors_to_arrow
 from prom3e.errors import Prom3eError
 
@@ -48,7 +50,7 @@ _GENERIC = re.compile(r"m\d+")
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(Options):
     """What to generate.
 
     ``noise`` scales every noise level (1 = default difficulty); ``always_present`` names
@@ -67,14 +69,12 @@ class SynthConfig:
     cell_deg: float = 3.0
     zipf: float = 0.8
 
-    def validate(self) -> None:
+    WHAT: ClassVar[str] = "synthetic-data option"
+    BOUNDS: ClassVar[dict[str, str]] = {"n": ">= 1", "dim": ">= 4", "n_species": ">= 2", "missing_rate": "[0, 1)",
+                                        "noise": ">= 0", "seed": ">= 0", "cell_deg": "(0, 90]", "zipf": ">= 0"}
+
+    def check(self) -> None:
         mods = tuple(self.modalities)
-        if self.n <= 0:
-            raise Prom3eError(f"n (rows) must be > 0, got {self.n}")
-        if self.dim < 4:
-            raise Prom3eError(f"dim must be >= 4, got {self.dim}")
-        if self.n_species < 2:
-            raise Prom3eError(f"n_species must be >= 2, got {self.n_species}")
         if not 2 <= len(mods) <= 16:
             raise Prom3eError(f"give 2 to 16 modalities, got {len(mods)}")
         if len(set(mods)) != len(mods):
@@ -87,10 +87,6 @@ class SynthConfig:
         for m in self.always_present:
             if m not in mods:
                 raise Prom3eError(f"always_present '{m}' is not among the modalities")
-        if not 0.0 <= self.missing_rate < 1.0:
-            raise Prom3eError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
-        if self.noise < 0 or not 0 < self.cell_deg <= 90 or self.zipf < 0:
-            raise Prom3eError("noise and zipf must be >= 0, cell_deg in (0, 90]")
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write  # write_parquet's; importable from here too
 
 
 @dataclass
@@ -105,6 +105,15 @@ class ModalTable:
             )
         return self.meta[column]
 
+    def check_values(self) -> ModalTable:
+        """Refuse NaN/inf or overflowing vectors in present rows (see :func:`check_vectors`);
+        tables read from files are checked already, tables built in memory are not."""
+        for name, f, p in zip(self.modalities, self.features, self.present.T, strict=True):
+            rows = np.flatnonzero(p)
+            if rows.size:
+                check_vectors(f, name, self.source, rows, select=True)
+        return self
+
     def check_schema(self, modalities: Sequence[str], dims: Sequence[int]) -> ModalTable:
         """Match this table to a model's schema by name; return it reordered to that schema.
 
@@ -131,6 +140,38 @@ class ModalTable:
                 feats.append(np.zeros((len(self), dim), np.float32))
                 pres.append(np.zeros(len(self), bool))
         return ModalTable(list(known), feats, np.stack(pres, 1), dict(self.meta), self.source)
+
+
+SQNORM_MAX = float(np.finfo(np.float32).max)
+
+
+def check_vectors(x: np.ndarray, column: str, source: str, rows: np.ndarray | None = None,
+                  select: bool = False) -> None:
+    """Refuse NaN/inf and vectors whose squared norm overflows float32 (it would turn into
+    NaN or zero in any norm, LayerNorm or cosine downstream): one line naming column and row.
+    ``rows[i]`` is the table row of ``x[i]`` (default ``i``); with ``select``, only the rows
+    ``x[rows]`` are checked. Chunked: bounded memory."""
+    n, d = (len(rows), x.shape[1]) if select and rows is not None else x.shape
+    safe = float(np.sqrt(SQNORM_MAX / max(1, d)))  # |values| ≤ this cannot overflow: skip the exact check
+    step = max(1, (1 << 20) // max(1, d))
+    for i in range(0, n, step):
+        block = np.asarray(x[rows[i:i + step]] if select and rows is not None else x[i:i + step])
+        finite = np.isfinite(block).all(1)
+        bad = np.flatnonzero(~finite)
+        sq = None
+        if not bad.size:
+            big = np.flatnonzero(np.abs(block).max(1, initial=0.0) > safe)
+            if big.size:
+                sq = np.einsum("ij,ij->i", block[big], block[big], dtype=np.float64)
+                bad = big[sq > SQNORM_MAX]
+        if bad.size:
+            j = int(bad[0])
+            r = int(rows[i + j]) if rows is not None else i + j
+            if not finite[j]:
+                raise Prom3eError(f"{source}: column '{column}' row {r} contains NaN or inf")
+            norm2 = float(np.einsum("i,i->", block[j], block[j], dtype=np.float64))
+            raise Prom3eError(f"{source}: column '{column}' row {r} has values too large (squared norm "
+                              f"{norm2:.3g} overflows float32; rescale the column)")
 
 
 def _is_float_list(t: pa.DataType) -> bool:
@@ -178,10 +219,7 @@ def _modality_array(col: pa.ChunkedArray | pa.Array, name: str, source: str, dim
         r = int(rows[np.flatnonzero(flat)[0] // dim])
         raise Prom3eError(f"{source}: column '{name}' row {r + offset} has a null element inside its vector")
     dense = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-    finite = np.isfinite(dense).all(1)
-    if not finite.all():
-        r = int(rows[np.flatnonzero(~finite)[0]])
-        raise Prom3eError(f"{source}: column '{name}' row {r + offset} contains NaN or inf")
+    check_vectors(dense, name, source, rows + offset)
     out = np.zeros((n, dim), dtype=np.float32)
     out[rows] = dense
     return out, present
@@ -299,23 +337,6 @@ def vectors_to_arrow(x: np.ndarray, present: np.ndarray | None = None) -> pa.Arr
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
     mask = None if present is None else pa.array(~np.asarray(present, bool))
     return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1)), mask=mask)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_parquet(table: pa.Table | ModalTable, path: str | os.PathLike) -> None:

@@ -28,11 +28,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prom3e.data.observations import is_url, read_observations
-from prom3e.data.table import atomic_write, vectors_to_arrow, write_parquet
+from prom3e.data.table import vectors_to_arrow, write_parquet
 from prom3e.encoders.base import Encoder
 from prom3e.encoders.registry import encoder_factory, encoder_info, get_encoder
 from prom3e.encoders.spec import EmbedSpec, ModalitySpec
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write, check_output_file
 
 __all__ = ["EmbedSummary", "embed", "encoder_configs", "gather_inputs", "read_observations"]
 
@@ -238,14 +239,20 @@ def _previous_output(out: Path, fingerprint: str, key_name: str,
 
 def embed(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLike,
           device: str = "cpu", restart: bool = False, progress: bool = True,
-          delimiter: str | None = None, encoding: str | None = None) -> EmbedSummary:
+          delimiter: str | None = None, encoding: str | None = None, overwrite: bool = False) -> EmbedSummary:
     """Embed every modality of the spec for every observation; write ``out`` atomically.
 
     ``delimiter``/``encoding`` override what the file's extension (or a Darwin Core
-    Archive's meta.xml) implies."""
+    Archive's meta.xml) implies. An existing ``out`` written with the same spec is updated
+    (its rows are reused); any other existing file is refused unless ``overwrite``; an
+    input is never replaced.
+    """
     from tqdm.auto import tqdm
 
     obs_path, out = Path(observations), Path(out)
+    same_spec = _previous_output(out, spec.fingerprint(), spec.id_column or ROW_COLUMN,
+                                 [m.name for m in spec.modalities]) is not None
+    check_output_file(out, inputs=[obs_path, spec.source], overwrite=overwrite or same_spec)
     kinds = [encoder_info(m.encoder).input_kind for m in spec.modalities]
     # inputs that are not numbers are read as text, as written (dates keep their time zone)
     text_columns = {c for m, k in zip(spec.modalities, kinds, strict=True)

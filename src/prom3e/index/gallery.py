@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prom3e.data.table import atomic_write
 from prom3e.errors import Prom3eError
-from prom3e.tasks.common import l2n
+from prom3e.io import atomic_write
+from prom3e.metrics import l2n
 
 EXACT = "exact"
 FORMAT = "prom3e-gallery-index/1"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -36,6 +37,7 @@ import torch
 
 from prom3e import distributed
 from prom3e.data.dataset import Dataset, Unit
+from prom3e.data.labels import encode_labels
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
 
@@ -57,6 +59,7 @@ class BatchSource(Protocol):
     dims: list[int]
     n_train: int
     n_val: int
+    source: str  # where the rows come from, for messages
 
     def steps_per_epoch(self, batch_size: int) -> int: ...
 
@@ -72,6 +75,14 @@ class BatchSource(Protocol):
         """What ``split.json`` records about the train/validation split."""
         ...
 
+    def inputs(self) -> list[Path]:
+        """The input files (an output must never replace one)."""
+        ...
+
+    def fingerprint(self) -> dict:
+        """What identifies the training data cheaply: a resumed run must see the same."""
+        ...
+
 
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/validation split of ``n`` rows."""
@@ -81,10 +92,8 @@ def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
 
 
 def label_ids(table: ModalTable, column: str | None) -> np.ndarray | None:
-    if column is None:
-        return None
-    _, ids = np.unique(table.label(column).astype(str), return_inverse=True)
-    return ids.astype(np.int64)
+    """Label codes for the loss (−1 = no label: null, NaN or empty is never a class)."""
+    return None if column is None else encode_labels(table.label(column))[0]
 
 
 class InMemorySource:
@@ -93,6 +102,7 @@ class InMemorySource:
     def __init__(self, table: ModalTable, val_fraction: float, val_cap: int, seed: int,
                  label_column: str | None = None) -> None:
         self.modalities, self.dims = list(table.modalities), list(table.dims)
+        self.table, self.label_column, self.source = table, label_column, table.source
         self.rank, self.world = distributed.world_from_env()
         self.seed, self.val_cap = seed, val_cap
         self.train_rows, self.val_rows = split_rows(len(table), val_fraction, seed)
@@ -122,6 +132,14 @@ class InMemorySource:
     def split_record(self) -> dict:
         return {"seed": self.seed, "val_rows": self.val_rows.tolist()}
 
+    def inputs(self) -> list[Path]:
+        return [Path(self.source)] if Path(self.source).is_file() else []
+
+    def fingerprint(self) -> dict:
+        from prom3e.train.checkpoint import table_fingerprint
+
+        return table_fingerprint(self.table, self.label_column)
+
 
 # --- streaming ---------------------------------------------------------------------------
 
@@ -146,12 +164,19 @@ def is_validation(rows: np.ndarray, seed: int, val_fraction: float) -> np.ndarra
 
 def hashed_label_ids(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Label values → ``int64`` ids that are equal exactly when the labels are equal, in any
-    chunk and on any rank (a 63-bit hash of the value's text; nulls share one id)."""
-    arr = pc.cast(col, pa.string()).fill_null("\x00null")
+    chunk and on any rank (a 63-bit hash of the value's text, ≥ 0); a missing label (null,
+    NaN or empty, as :func:`~prom3e.data.labels.encode_labels`) is −1, never a class."""
+    arr = pc.cast(col, pa.string())
+    arr = pc.if_else(pc.or_kleene(pc.equal(arr, ""), pc.equal(arr, "nan")), pa.scalar(None, pa.string()), arr) \
+        if pa.types.is_floating(col.type) else pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+    missing = arr.is_null().to_numpy(zero_copy_only=False)
+    arr = arr.fill_null("")
     values = pc.unique(arr)
     ids = np.array([int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") >> 1
                     for v in values.to_pylist()], np.int64)
-    return ids[pc.index_in(arr, value_set=values).to_numpy(zero_copy_only=False)]
+    out = ids[pc.index_in(arr, value_set=values).to_numpy(zero_copy_only=False)]
+    out[np.asarray(missing, bool)] = -1
+    return out
 
 
 class _ShuffleBuffer:
@@ -205,6 +230,7 @@ class StreamingSource:
             raise Prom3eError(f"{ds.path}: no label column '{label_column}' (metadata columns: "
                               f"{', '.join(ds.meta_columns) or 'none'})")
         self.ds, self.seed, self.val_fraction, self.val_cap = ds, seed, val_fraction, val_cap
+        self.source = str(ds.path)
         self.label_column, self.shuffle_buffer = label_column, shuffle_buffer
         self.modalities, self.dims = list(ds.modalities), list(ds.dims)
         self.rank, self.world = distributed.world_from_env()
@@ -284,6 +310,15 @@ class StreamingSource:
             t = self.ds.take(np.concatenate(rows), meta=False)
             self._val = torch.from_numpy(t.padded()), torch.from_numpy(t.present)
         return self._val
+
+    def inputs(self) -> list[Path]:
+        return list(self.ds.files)
+
+    def fingerprint(self) -> dict:
+        from prom3e.data.parts import file_fingerprint
+
+        return {"rows": self.ds.num_rows, "modalities": self.modalities, "dims": self.dims,
+                "files": file_fingerprint(self.ds.files), "label": self.label_column}
 
     def split_record(self) -> dict:
         return {"seed": self.seed, "streamed": self.ds.path, "val_rule": "splitmix64(seed, row) < val_fraction",

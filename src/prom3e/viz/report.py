@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from prom3e.data.table import atomic_write
+from prom3e.io import atomic_write
 
 
 def write_text(path: Path, text: str) -> None:
@@ -170,11 +170,15 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
             rows.append(["adding a modality lowers ‖σ‖₁", x["holds"],
                          f"{_f(x['frac_mean_lower'])} of {x['n']} (set, added) cases on average; "
                          f"{_f(x['mean_frac_rows_lower'])} of rows"])
+        rows = [[r[0], "not enough data" if r[1] is None else r[1], r[2]] for r in rows]
         parts.append(_table(["claim", "holds", "evidence"], rows))
 
     if "retrieval" in m:
         r = m["retrieval"]
         parts.append("## 1. Retrieval: cross-modal (δ = 0), reconstruction (δ = 1), inversion (δ on fit)\n")
+        if r["summary"].get("n_nonfinite"):
+            parts.append(f"**Warning:** {r['summary']['n_nonfinite']} reconstruction(s) held NaN/inf; each was "
+                         "scored as a miss (worst rank).\n")
         by = r["summary"]["by_visible_size"]
         parts.append(_table(
             ["visible", "pairs", "R@1 cross", "R@1 recon", "R@1 inversion", "R@5 cross", "R@5 inversion",
