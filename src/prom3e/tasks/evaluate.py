@@ -34,6 +34,7 @@ import torch
 from prom3e.data.table import ModalTable, read_table
 from prom3e.errors import Prom3eError
 from prom3e.metrics import dedup_gallery
+from prom3e.runtime import progress_bar
 from prom3e.tasks import gap as gap_mod
 from prom3e.tasks import probe as probe_mod
 from prom3e.tasks import uncertainty as unc
@@ -205,8 +206,6 @@ def _evaluate(
     max_fit, max_test, max_subset_size, delta_grid, batch_size, threads, plots, progress, command,
     settings=None,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     tasks = tuple(tasks)
     if isinstance(table, str | os.PathLike):
         table = read_table(table)
@@ -267,7 +266,7 @@ def _evaluate(
     unc_sets = visible_sets(mods, max_subset_size) if "uncertainty" in tasks else []
     next_sets = [s for s in unc_sets if len(s) < min(max_subset_size, len(mods))]
     total = len(sets) + len(unc_sets) + len(next_sets) + (len(mods) if "gap" in tasks else 0)
-    bar = tqdm(total=total, desc="evaluate", disable=not progress, unit="step")
+    bar = progress_bar(total=total, show=progress, desc="evaluate", unit="step")
 
     per_set = []
     for s in sets:
