@@ -122,7 +122,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if ("default" in text or not action.option_strings or action.required
-                or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0):
+                or action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or action.nargs == 0):
             return text
         return f"{text} (default: %(default)s)".lstrip()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -473,7 +474,15 @@ def _uncertainty(run: _Run, test: _Split, subsets, next_sets, bar) -> tuple[dict
             "n": int(sum(len(c["sigma"]) for c in run.calib)),
         },
     }
-    return metrics, {"sigma": sig, "next": nxt}
+    return metrics, {"sigma": sig, "next": nxt, "floor": sigma_l1_floor(run.fuser)}
+
+
+def sigma_l1_floor(fuser: FuserLike) -> float | None:
+    """The least ‖σ‖₁ the model can report, E·exp(−clip/2), where every logσ² sits at its
+    clip (a collapsed σ); ``None`` for a model without that clip."""
+    cfg = getattr(getattr(fuser, "model", None), "cfg", None)
+    clip, dim = getattr(cfg, "logvar_clip", None), getattr(cfg, "embed_dim", None)
+    return None if clip is None or dim is None else float(dim * math.exp(-clip / 2))
 
 
 def _gap(run: _Run, test: _Split, bar) -> tuple[dict, dict]:
