@@ -32,7 +32,7 @@ def add_quiet(p: argparse.ArgumentParser, what: str = "progress bars") -> None:
 
 
 class _Deprecated(argparse.Action):
-    """``--no-progress``: sets ``quiet`` and says once that ``--quiet`` replaces it."""
+    """``--no-progress``: sets ``quiet`` and says on stderr that ``--quiet`` replaces it."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         import sys
