@@ -92,6 +92,12 @@ FLAGS: dict[str, dict[str, list]] = {
               "--test": ["@new2.parquet", "@new.parquet", "@data"],
               "--label": ["species", "species", "nope", "image", "split", ""], "--test-fraction": FRACS,
               "--seed": SEEDS, "--overwrite": [True]},
+    "probe": {"--model": ["@run", "@run", "@missing", "@data"], "--data": ["@data", "@data", "@missing", "@file"],
+              "--label": ["species", "species", "nope", "image", ""], "--out": ["@new.safetensors", "@data", "@folder",
+                                                                              "@run/model.safetensors"],
+              "--C": ["1", "0.1", "0", "-1", "nan", "x"], "--views": ["0", "2", "-1", "x"],
+              "--holdout": ["0.2", "0", "1", "-0.5"], "--batch-size": INTS, "--seed": SEEDS,
+              "--overwrite": [True], "--device": ["cpu", "x"]},
     "perf": {"what": ["retrieval", "x"], "--sizes": ["100", "0", "x", "100,200"], "--threads": ["1", "0", "x"],
              "--repeats": ["1", "0"], "--batch": ["8", "0"], "--config": ["tiny", "x"]},
 }
@@ -102,10 +108,10 @@ REQUIRED = {"synth": ["--out"], "train": ["--data", "--out", "--epochs", "--mode
             "embed": ["--observations", "--spec", "--out"], "import-npy": ["--npy", "--out"],
             "benchmark": ["--data", "--label", "--out", "--methods", "--epochs"],
             "demo": ["--out", "--n", "--epochs", "--model"], "perf": ["what", "--sizes"],
-            "split": ["--data", "--train", "--test"]}
+            "split": ["--data", "--train", "--test"], "probe": ["--model", "--data", "--out"]}
 OUTPUT_FLAGS = ("--out", "--model-out", "--train", "--test")
 FAST = {"synth": 8, "train": 8, "reconstruct": 8, "evaluate": 6, "index": 8, "align": 5, "embed": 5,
-        "import-npy": 5, "benchmark": 3, "demo": 2, "perf": 3, "split": 8}
+        "import-npy": 5, "benchmark": 3, "demo": 2, "perf": 3, "split": 8, "probe": 8}
 
 # train config keys: bounded where a value sets the cost, any type elsewhere
 CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True),

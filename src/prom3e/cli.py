@@ -20,6 +20,7 @@ COMMANDS = [
     "train",
     "reconstruct",
     "evaluate",
+    "probe",
     "import_npy",
     "embed",
     "align",

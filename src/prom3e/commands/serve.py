@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
                    "Parquet table (ids = row numbers, hits with its metadata) (default: none)")
     p.add_argument("--prototypes", metavar="TABLE", help="labelled table: class prototypes for /classify "
                    "(default: none, /classify off)")
+    p.add_argument("--probe", metavar="FILE", help="a linear probe on μ (prom3e probe) for /classify "
+                   "(default: none; with --prototypes too, /classify picks by its 'method')")
     p.add_argument("--label", default="species", help="--prototypes' label column (default: species)")
     p.add_argument("--class-modality", help="--prototypes' class modality (default: detected)")
     p.add_argument("--examples", metavar="TABLE", help="table whose first rows the page offers as examples "
@@ -90,13 +92,15 @@ def config_from_args(args: argparse.Namespace):
         raise Prom3eError(f"--max-body-bytes must be ≥ 1024, got {args.max_body_bytes}")
     indexes, index_meta = _pairs(args.index, "--index"), _pairs(args.index_meta, "--index-meta")
     for opt, path in [("--model", args.model), ("--aligner", args.aligner), ("--encoders", args.encoders),
-                      ("--gallery", args.gallery), ("--prototypes", args.prototypes), ("--examples", args.examples),
+                      ("--gallery", args.gallery), ("--prototypes", args.prototypes), ("--probe", args.probe),
+                      ("--examples", args.examples),
                       *[(f"--index {k}", v) for k, v in indexes.items()],
                       *[(f"--index-meta {k}", v) for k, v in index_meta.items()]]:
         if path is not None and not Path(path).exists():
             raise Prom3eError(f"{opt} {path}: no such file or folder")
     return ServeConfig(model=args.model, aligner=args.aligner, encoders=args.encoders, indexes=indexes,
-                       index_meta=index_meta, gallery=args.gallery, prototypes=args.prototypes, label=args.label,
+                       index_meta=index_meta, gallery=args.gallery, prototypes=args.prototypes, probe=args.probe,
+                       label=args.label,
                        class_modality=args.class_modality, examples=args.examples, max_rows=args.max_rows,
                        max_body_bytes=args.max_body_bytes, api_key_env=args.api_key_env,
                        cors_origins=list(args.cors_origin or []), device=args.device, precision=args.precision,
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     raw = [m for m in service.modalities if m in service.raw]
     print(f"prom3e serve: {cfg.model} ({', '.join(service.modalities)}); raw inputs: {', '.join(raw) or 'none'}; "
           f"indexes: {', '.join(service.galleries) or 'none'}; prototypes: "
-          f"{'yes' if service.prototypes else 'none'}", flush=True)
+          f"{'yes' if service.prototypes else 'none'}; probe: {'yes' if service.probe else 'none'}", flush=True)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"prom3e serve: open http://{host}:{args.port}/ (page) or http://{host}:{args.port}/docs (API)",
           flush=True)

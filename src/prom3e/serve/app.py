@@ -215,9 +215,9 @@ def create_app(service: Service) -> FastAPI:
         return ok(service.retrieve(req.rows, req.target, req.k, req.delta))
 
     @app.post("/classify", dependencies=keyed, response_model=S.ClassifyResponse, responses=errors,
-              summary="Zero-shot labels with probabilities against the class prototypes")
+              summary="Labels with probabilities: zero-shot against the class prototypes, or the saved probe")
     def classify(req: S.ClassifyRequest) -> JSONResponse:
-        return ok(service.classify(req.rows, req.k, req.delta))
+        return ok(service.classify(req.rows, req.k, req.delta, req.method))
 
     @app.post("/next-modality", dependencies=keyed, response_model=S.NextModalityResponse, responses=errors,
               summary="Absent modalities ranked by the expected drop of ‖σ‖₁")

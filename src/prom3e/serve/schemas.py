@@ -8,7 +8,7 @@ modalities are its non-null ones. Row contents are validated by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,7 +45,11 @@ class RetrieveRequest(_Request):
 
 class ClassifyRequest(_Request):
     k: int = Field(5, ge=1, le=1000, description="labels per row")
-    delta: float = Field(1.0, ge=0, le=1, description="as in /retrieve, towards the class modality")
+    delta: float = Field(1.0, ge=0, le=1, description="as in /retrieve, towards the class modality "
+                         "(prototypes only)")
+    method: Literal["auto", "prototypes", "probe"] = Field(
+        "auto", description="zero-shot against the class prototypes (--prototypes) or the saved linear probe "
+        "on μ (--probe); auto: the probe when one is loaded")
 
 
 class NextModalityRequest(_Request):
@@ -85,6 +89,7 @@ class Label(BaseModel):
 
 class ClassifyResult(BaseModel):
     visible: list[str]
+    method: Literal["prototypes", "probe"]
     labels: list[Label]
 
 

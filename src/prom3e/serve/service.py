@@ -22,6 +22,7 @@ from prom3e.serve.raw import build_raw_inputs
 from prom3e.serve.resources import Examples, Gallery, Prototypes, load_examples, load_galleries, load_prototypes
 from prom3e.tasks import uncertainty as unc
 from prom3e.tasks.common import l2n
+from prom3e.tasks.saved_probe import SavedProbe
 
 MAX_SUBSET_ROWS = 4096  # rows × subsets encoded for one /encode?subsets request
 
@@ -37,6 +38,7 @@ class ServeConfig:
     index_meta: dict[str, str] = field(default_factory=dict)
     gallery: str | None = None
     prototypes: str | None = None
+    probe: str | None = None  # prom3e probe: a saved linear probe on μ for /classify
     label: str = "species"
     class_modality: str | None = None
     examples: str | None = None
@@ -75,6 +77,10 @@ class Service:
         self.prototypes: Prototypes | None = None
         if cfg.prototypes:
             self.prototypes = load_prototypes(self.fuser, cfg.prototypes, cfg.label, cfg.class_modality, cfg.seed)
+        self.probe: SavedProbe | None = None
+        if cfg.probe:
+            self.probe = SavedProbe.load(cfg.probe)
+            self.probe.check_model(self.fuser, f"--probe {cfg.probe}")
         self.examples: Examples | None = None
         if cfg.examples:
             self.examples = load_examples(cfg.examples, self.modalities, self.dims)
@@ -107,6 +113,8 @@ class Service:
                                                           "modalities": self.aligner.modalities},
             "indexes": {k: g.describe() for k, g in self.galleries.items()},
             "prototypes": None if self.prototypes is None else self.prototypes.describe(),
+            "probe": None if self.probe is None else {"source": self.cfg.probe, "classes": len(self.probe.labels),
+                                                      **self.probe.info},
             "examples": None if self.examples is None else {"source": self.examples.source,
                                                             "rows": len(self.examples.table)},
             "limits": {"max_rows": self.cfg.max_rows, "max_body_bytes": self.cfg.max_body_bytes},
@@ -218,17 +226,27 @@ class Service:
         vis = self.visible_names(present)
         return [{"visible": vis[i], "items": items} for i, items in enumerate(g.items(scores, ids))]
 
-    def classify(self, rows: list[dict], k: int, delta: float) -> list[dict]:
-        if self.prototypes is None:
+    def classify(self, rows: list[dict], k: int, delta: float, method: str = "auto") -> list[dict]:
+        if method == "auto":
+            method = "probe" if self.probe is not None else "prototypes"
+        if method == "probe" and self.probe is None:
+            raise BadInput("method", "no probe loaded; start the server with --probe FILE (prom3e probe)", 501)
+        if method == "prototypes" and self.prototypes is None:
             raise BadInput("", "no class prototypes loaded; start the server with --prototypes TABLE "
-                           "(a labelled table with the class modality)", 501)
+                           "(a labelled table with the class modality) or --probe FILE", 501)
         x, present = self.parser.parse(rows)
-        p = self.prototypes
-        q = self._query(x, present, p.modality, delta)
-        prob, idx = p.top(q, k)
+        if method == "probe":
+            labels = self.probe.labels
+            mu = self._run(lambda: self.fuser.encode((x, present)).mu)
+            prob, idx = self.probe.probabilities(mu).topk(min(k, len(labels)), dim=1)
+        else:
+            labels = self.prototypes.labels
+            q = self._query(x, present, self.prototypes.modality, delta)
+            prob, idx = self.prototypes.top(q, k)
         vis = self.visible_names(present)
-        return [{"visible": vis[i], "labels": [{"label": p.labels[j], "probability": float(pr)}
-                                               for j, pr in zip(idx[i].tolist(), prob[i].tolist(), strict=True)]}
+        return [{"visible": vis[i], "method": method,
+                 "labels": [{"label": labels[j], "probability": float(pr)}
+                            for j, pr in zip(idx[i].tolist(), prob[i].tolist(), strict=True)]}
                 for i in range(len(x))]
 
     def next_modality(self, rows: list[dict]) -> list[dict]:

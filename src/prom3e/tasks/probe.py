@@ -86,15 +86,21 @@ def lbfgs(fun, x0: torch.Tensor, max_iter: int = 50, history: int = 10, gtol: fl
     return x
 
 
-def _fit_predict_torch(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int,
-                       C: float, max_iter: int) -> np.ndarray:
-    x = torch.from_numpy(x_train)
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(y_train.astype(np.int64)), n_classes).float()
+def fit_softmax(x_train: np.ndarray, codes: np.ndarray, n_classes: int, C: float = 1.0, max_iter: int = 30
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression (the objective above) → ``(W [d, C], b [C])``."""
+    x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(codes.astype(np.int64)), n_classes).float()
     lam = 1.0 / (C * len(x))
     d = x.shape[1]
     theta = lbfgs(lambda t: _softmax_loss_grad(x, onehot, lam, t),
                   torch.zeros(d * n_classes + n_classes), max_iter=max_iter)
-    w, b = theta[: d * n_classes].view(d, n_classes), theta[d * n_classes:]
+    return theta[: d * n_classes].view(d, n_classes).clone(), theta[d * n_classes:].clone()
+
+
+def _fit_predict_torch(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int,
+                       C: float, max_iter: int) -> np.ndarray:
+    w, b = fit_softmax(x_train, y_train, n_classes, C, max_iter)
     return metrics.predict(torch.addmm(b, torch.from_numpy(x_test), w))  # −1: tied or NaN logits
 
 
