@@ -72,3 +72,26 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     v = vecs[:, -2:].flip(1).T
     v = v * torch.sign(v[torch.arange(len(v)), v.abs().argmax(1)])[:, None]
     return (xc @ v.T).numpy()
+
+
+def projections(clouds: dict[str, dict[str, np.ndarray]], per_modality: int = 300, seed: int = 0) -> dict:
+    """2-D PCA of each representation's clouds, for the gap figure.
+
+    ``clouds[rep][modality]`` are the rows of one representation (``raw``, ``hidden``,
+    ``reconstruction``). Up to ``per_modality`` rows of each modality (seeded) are projected
+    jointly. Returns ``{"modalities": every modality name (sorted), "panels": {rep: {modality:
+    xy [n, 2]}, or None when the modalities' dims differ (no joint projection)}}``.
+    """
+    reps = [r for r in ("raw", "hidden", "reconstruction") if clouds.get(r)]
+    rng = np.random.default_rng(seed)
+    panels: dict[str, dict[str, np.ndarray] | None] = {}
+    for rep in reps:
+        parts = {m: x for m, x in clouds[rep].items() if len(x)}
+        if len({x.shape[1] for x in parts.values()}) != 1:
+            panels[rep] = None
+            continue
+        take = {m: x[np.sort(rng.permutation(len(x))[:per_modality])] for m, x in parts.items()}
+        xy = pca_2d(np.concatenate(list(take.values())))
+        ends = np.cumsum([len(x) for x in take.values()])
+        panels[rep] = dict(zip(take, np.split(xy, ends[:-1]), strict=True))
+    return {"modalities": sorted({m for r in reps for m in clouds[r]}), "panels": panels}

@@ -130,6 +130,7 @@ def next_modality(fuser: FuserLike, table: ModalTable, rows: np.ndarray, visible
         out["n_agreement"] = int(full.sum())
     # per-row detail (arrays: not written to metrics.json)
     out["_rows"], out["_candidates"], out["_expected"] = r, cands, expected
+    out["_best"] = np.asarray(cands, dtype=object)[best]
     return out
 
 

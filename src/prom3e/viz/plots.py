@@ -1,7 +1,8 @@
 """PNG figures of the evaluation. matplotlib is imported lazily (optional: ``prom3e[plot]``).
 
 Every function takes plain data and a path, draws with the object-oriented API (no
-pyplot state, no GUI backend) and returns the path.
+pyplot state, no GUI backend) and returns the path. Metrics and projections come from the
+tasks (:mod:`prom3e.tasks`); this module only draws them.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from prom3e.tasks.gap import pca_2d
 
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
            "#8C8C8C", "#CCB974", "#64B5CD")
@@ -149,26 +148,21 @@ def next_modality(nxt: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def gap_projection(clouds: dict[str, dict[str, np.ndarray]], path: Path, per_modality: int = 300) -> Path:
-    """2-D PCA of each representation's clouds, coloured by modality (one panel each)."""
-    reps = [r for r in ("raw", "hidden", "reconstruction") if clouds.get(r)]
-    fig = _figure(4.2 * max(1, len(reps)), 4.2)
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(reps))))
-    names = sorted({m for r in reps for m in clouds[r]})
-    rng = np.random.default_rng(0)
-    for ax, rep in zip(axes, reps, strict=False):
-        parts = {m: x for m, x in clouds[rep].items() if len(x)}
-        dims = {x.shape[1] for x in parts.values()}
-        if len(dims) != 1:
+def gap_projection(projection: dict, path: Path) -> Path:
+    """Scatter of each representation's 2-D projection, coloured by modality (one panel each).
+
+    ``projection``: :func:`prom3e.tasks.gap.projections`'s result.
+    """
+    panels, names = projection["panels"], projection["modalities"]
+    fig = _figure(4.2 * max(1, len(panels)), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels))))
+    for ax, (rep, xy) in zip(axes, panels.items(), strict=False):
+        if xy is None:
             ax.set_title(f"{rep}: dims differ, no joint projection", fontsize=9)
             ax.set_axis_off()
             continue
-        take = {m: x[np.sort(rng.permutation(len(x))[:per_modality])] for m, x in parts.items()}
-        xy = pca_2d(np.concatenate(list(take.values())))
-        start = 0
-        for m, x in take.items():
-            ax.scatter(*xy[start: start + len(x)].T, s=5, alpha=0.5, color=PALETTE[names.index(m) % 10], label=m)
-            start += len(x)
+        for m, pts in xy.items():
+            ax.scatter(*pts.T, s=5, alpha=0.5, color=PALETTE[names.index(m) % 10], label=m)
         ax.set_title({"raw": "raw inputs f_m", "hidden": "hidden μ from {m} alone",
                       "reconstruction": "reconstructions f̂_m (from each other single m')"}[rep], fontsize=9)
         ax.set_xticks([])

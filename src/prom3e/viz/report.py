@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from prom3e.io import atomic_write
+from prom3e.viz import plots
 
 
 def write_text(path: Path, text: str) -> None:
@@ -60,8 +61,6 @@ def _setting(m: dict, extra: str = "") -> str:
 
 def make_plots(out: Path, m: dict, extras: dict) -> dict[str, str]:
     """Draw every figure the metrics allow; return {file name: caption}. Empty without matplotlib."""
-    from prom3e.viz import plots
-
     if not plots.have_matplotlib():
         return {}
     figs: dict[str, str] = {}
@@ -90,7 +89,7 @@ def make_plots(out: Path, m: dict, extras: dict) -> dict[str, str]:
         plots.calibration(extras["calibration"], out / "calibration.png")
         figs["calibration.png"] = "Calibration: ‖σ‖₁ vs reconstruction error and retrieval rank"
     if extras.get("gap"):
-        plots.gap_projection(extras["gap"], out / "gap.png")
+        plots.gap_projection(extras["gap"]["projection"], out / "gap.png")
         figs["gap.png"] = "Modality gap: 2-D PCA of raw inputs, hidden states, reconstructions"
     return figs
 
@@ -112,7 +111,7 @@ def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
         parts.append(pa.table({
             "row": pa.array(np.asarray(n["_rows"], np.int64)),
             "visible": pa.array(np.full(len(n["_rows"]), _vis(n["visible"]), dtype=object)),
-            "best": pa.array(np.asarray(n["_candidates"], dtype=object)[n["_expected"].argmax(1)]),
+            "best": pa.array(n["_best"]),
             **{f"expected_reduction_{c}": pa.array(cols[:, k], mask=np.isnan(cols[:, k]))
                for k, c in enumerate(mods)},
         }))
