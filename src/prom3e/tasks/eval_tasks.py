@@ -44,6 +44,7 @@ class Task:
 
     def __init__(self, ctx: EvalContext, config: EvalConfig):
         self.ctx, self.config = ctx, config
+        self.items: list[dict] = []  # one result per scored visible set (or pair), in order
 
     def steps(self) -> int:
         """Progress-bar steps of :meth:`result` (the per-set steps are counted by the caller)."""
@@ -78,10 +79,6 @@ class Retrieval(Task):
 
     name = "retrieval"
 
-    def __init__(self, ctx: EvalContext, config: EvalConfig):
-        super().__init__(ctx, config)
-        self.pairs: list[dict] = []
-
     def needs(self, s: tuple[str, ...]) -> Need | None:
         targets = [t for t in self.ctx.targets if t not in s]
         return Need(targets, posterior=True) if targets else None
@@ -108,25 +105,21 @@ class Retrieval(Task):
             sig = sigma_test[have]
             m["spearman_sigma_rank"] = spearman(sig, ranks.numpy())
             m["spearman_sigma_recon_error"] = spearman(sig, err)
-            self.pairs.append({"visible": list(s), "target": t, **m})
+            self.items.append({"visible": list(s), "target": t, **m})
             ctx.calibration.append({"visible": s, "target": t, "sigma": sig, "error": err, "rank": ranks.numpy()})
 
     def result(self) -> TaskResult:
         keys = [f"r{k}_{kind}" for k in (1, 5, 10) for kind in _KINDS] + ["delta"]
-        pairs = self.pairs
+        pairs = self.items
         summary = {"n_pairs": len(pairs), "n_nonfinite": sum(p["n_nonfinite"] for p in pairs),
                    **_means(pairs, keys), "by_visible_size": _by_size(pairs, keys)}
-        return TaskResult({"pairs": self.pairs, "summary": summary}, {"calibration": self.ctx.calibration})
+        return TaskResult({"pairs": self.items, "summary": summary}, {"calibration": self.ctx.calibration})
 
 
 class ZeroShot(Task):
     """Classify each test row against the class prototypes from every visible set without the class modality."""
 
     name = "zeroshot"
-
-    def __init__(self, ctx: EvalContext, config: EvalConfig):
-        super().__init__(ctx, config)
-        self.sets: list[dict] = []
 
     def needs(self, s: tuple[str, ...]) -> Need | None:
         c = self.ctx.class_mod
@@ -143,7 +136,7 @@ class ZeroShot(Task):
                 q = query_mean([ctx.raw(v, r[lab]) for v in s])
             rec = enc.split(sp.name).recon[c][torch.from_numpy(lab)] if len(r) else torch.zeros(0, ctx.dim(c))
             res[sp.name] = (q, rec, ctx.y[r[lab]])
-        self.sets.append({"visible": list(s), **zs.evaluate_set(
+        self.items.append({"visible": list(s), **zs.evaluate_set(
             *res["fit"], *res["test"], ctx.protos, ctx.proto_classes, self.config.delta_grid)})
 
     def result(self) -> TaskResult:
@@ -152,17 +145,13 @@ class ZeroShot(Task):
         return TaskResult({
             "class_modality": ctx.class_mod,
             "n_prototypes": int(len(ctx.proto_classes)) if ctx.proto_classes is not None else 0,
-            "sets": self.sets, "summary": _summary(self.sets, keys, "n_sets")})
+            "sets": self.items, "summary": _summary(self.items, keys, "n_sets")})
 
 
 class Probe(Task):
     """Logistic-regression probes of the label on raw inputs, μ, all tokens and reconstructions."""
 
     name = "probe"
-
-    def __init__(self, ctx: EvalContext, config: EvalConfig):
-        super().__init__(ctx, config)
-        self.sets: list[dict] = []
 
     def _targets(self) -> list[str]:
         return [m for m in self.ctx.mods if m != self.ctx.class_mod]
@@ -198,12 +187,12 @@ class Probe(Task):
             else:
                 p = probe_mod.linear_probe(a, ys["fit"], b, ys["test"])
             res[f"acc_{f}"], res[f"f1_{f}"] = p["acc"], p["macro_f1"]
-        self.sets.append(res)
+        self.items.append(res)
 
     def result(self) -> TaskResult:
         keys = [f"{m}_{f}" for m in ("acc", "f1") for f in PROBE_FEATURES]
-        return TaskResult({"label": self.config.label, "sets": self.sets,
-                           "summary": _summary(self.sets, keys, "n_sets")})
+        return TaskResult({"label": self.config.label, "sets": self.items,
+                           "summary": _summary(self.items, keys, "n_sets")})
 
 
 class Uncertainty(Task):

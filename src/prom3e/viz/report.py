@@ -126,6 +126,24 @@ def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
     return "next_modality.csv"
 
 
+# how the report words each claim of prom3e.tasks.claims: (the claim, its evidence)
+CLAIMS: dict[str, tuple[str, Any]] = {
+    "inversion_beats_cross_r1": (
+        "inversion beats cross-modal in R@1 for most pairs",
+        lambda x: f"{_f(x['frac_better'])} of {x['n']} pairs better, {_f(x['frac_not_worse'])} not worse"),
+    "two_visible_beat_one_zeroshot": (
+        "two visible modalities beat one for zero-shot",
+        lambda x: f"{_f(x['frac_better_than_best_single'])} of {x['n']} pairs beat their best single"),
+    "hidden_probe_beats_reconstructed": (
+        "hidden-state probes beat reconstructed ones",
+        lambda x: f"{_f(x['frac_better'])} of {x['n']} visible sets (μ alone: {_f(x['frac_mu_better'])})"),
+    "adding_modality_lowers_sigma": (
+        "adding a modality lowers ‖σ‖₁",
+        lambda x: f"{_f(x['frac_mean_lower'])} of {x['n']} (set, added) cases on average; "
+                  f"{_f(x['mean_frac_rows_lower'])} of rows"),
+}
+
+
 def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str | None = None) -> str:
     """The Markdown report of a metrics dict."""
     s = m["settings"]
@@ -151,25 +169,8 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
     c = m.get("claims", {})
     if c:
         parts.append("## The paper's claims, checked on this data\n")
-        rows = []
-        if "inversion_beats_cross_r1" in c:
-            x = c["inversion_beats_cross_r1"]
-            rows.append(["inversion beats cross-modal in R@1 for most pairs", x["holds"],
-                         f"{_f(x['frac_better'])} of {x['n']} pairs better, {_f(x['frac_not_worse'])} not worse"])
-        if "two_visible_beat_one_zeroshot" in c:
-            x = c["two_visible_beat_one_zeroshot"]
-            rows.append(["two visible modalities beat one for zero-shot", x["holds"],
-                         f"{_f(x['frac_better_than_best_single'])} of {x['n']} pairs beat their best single"])
-        if "hidden_probe_beats_reconstructed" in c:
-            x = c["hidden_probe_beats_reconstructed"]
-            rows.append(["hidden-state probes beat reconstructed ones", x["holds"],
-                         f"{_f(x['frac_better'])} of {x['n']} visible sets (μ alone: {_f(x['frac_mu_better'])})"])
-        if "adding_modality_lowers_sigma" in c:
-            x = c["adding_modality_lowers_sigma"]
-            rows.append(["adding a modality lowers ‖σ‖₁", x["holds"],
-                         f"{_f(x['frac_mean_lower'])} of {x['n']} (set, added) cases on average; "
-                         f"{_f(x['mean_frac_rows_lower'])} of rows"])
-        rows = [[r[0], "not enough data" if r[1] is None else r[1], r[2]] for r in rows]
+        rows = [[title, "not enough data" if c[name]["holds"] is None else c[name]["holds"], evidence(c[name])]
+                for name, (title, evidence) in CLAIMS.items() if name in c]
         parts.append(_table(["claim", "holds", "evidence"], rows))
 
     if "retrieval" in m:
