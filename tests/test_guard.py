@@ -87,6 +87,11 @@ FLAGS: dict[str, dict[str, list]] = {
                   "--overwrite": [True]},
     "demo": {"--out": ["@new", "@file", "@run"], "--n": ["10", "60", "0", "x"], "--epochs": ["1", "0"],
              "--model": ["tiny", "x"], "--test-fraction": FRACS, "--seed": SEEDS, "--overwrite": [True]},
+    "split": {"--data": ["@data", "@data", "@missing", "@folder", "@file"],
+              "--train": ["@new.parquet", "@data", "@folder", "@file"],
+              "--test": ["@new2.parquet", "@new.parquet", "@data"],
+              "--label": ["species", "species", "nope", "image", "split", ""], "--test-fraction": FRACS,
+              "--seed": SEEDS, "--overwrite": [True]},
     "perf": {"what": ["retrieval", "x"], "--sizes": ["100", "0", "x", "100,200"], "--threads": ["1", "0", "x"],
              "--repeats": ["1", "0"], "--batch": ["8", "0"], "--config": ["tiny", "x"]},
 }
@@ -96,10 +101,11 @@ REQUIRED = {"synth": ["--out"], "train": ["--data", "--out", "--epochs", "--mode
                                                                           "--epochs", "--hidden"],
             "embed": ["--observations", "--spec", "--out"], "import-npy": ["--npy", "--out"],
             "benchmark": ["--data", "--label", "--out", "--methods", "--epochs"],
-            "demo": ["--out", "--n", "--epochs", "--model"], "perf": ["what", "--sizes"]}
-OUTPUT_FLAGS = ("--out", "--model-out")
+            "demo": ["--out", "--n", "--epochs", "--model"], "perf": ["what", "--sizes"],
+            "split": ["--data", "--train", "--test"]}
+OUTPUT_FLAGS = ("--out", "--model-out", "--train", "--test")
 FAST = {"synth": 8, "train": 8, "reconstruct": 8, "evaluate": 6, "index": 8, "align": 5, "embed": 5,
-        "import-npy": 5, "benchmark": 3, "demo": 2, "perf": 3}
+        "import-npy": 5, "benchmark": 3, "demo": 2, "perf": 3, "split": 8}
 
 # train config keys: bounded where a value sets the cost, any type elsewhere
 CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True),

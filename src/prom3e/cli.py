@@ -16,6 +16,7 @@ from prom3e.errors import Prom3eError
 COMMANDS = [
     "demo",
     "synth",
+    "split",
     "train",
     "reconstruct",
     "evaluate",

@@ -22,6 +22,7 @@ from prom3e.data.dataset import Dataset
 from prom3e.data.parts import PartWriter, file_fingerprint
 from prom3e.data.table import to_arrow
 from prom3e.errors import Prom3eError
+from prom3e.runtime import progress_bar
 
 DEFAULT_MAX_FIT_ROWS = 500_000
 
@@ -50,8 +51,6 @@ def align_dataset(data: str | os.PathLike, anchor: str, out: str | os.PathLike, 
                   max_fit_rows: int | None = DEFAULT_MAX_FIT_ROWS, part_rows: int = 65536,
                   restart: bool = False) -> Aligner:
     """Fit the heads on (a subsample of) a dataset's rows and write the aligned parts."""
-    from tqdm.auto import tqdm
-
     from prom3e.encoders.embed import encoder_configs
 
     cfg = config or AlignConfig()
@@ -83,7 +82,7 @@ def align_dataset(data: str | os.PathLike, anchor: str, out: str | os.PathLike, 
                               fit_subsampled=bool(len(rows) < matched))
         aligner.save(heads)
     firsts = list(range(0, ds.num_rows, part_rows))
-    for first in tqdm(firsts, desc="transform", unit="part", disable=not progress):
+    for first in progress_bar(firsts, show=progress, desc="transform", unit="part"):
         if writer.done(first):
             continue
         chunk = ds.table(first, min(first + part_rows, ds.num_rows))

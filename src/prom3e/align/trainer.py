@@ -26,6 +26,7 @@ from prom3e.data.table import ModalTable
 from prom3e.encoders.base import resolve_device
 from prom3e.errors import Prom3eError
 from prom3e.metrics import label_ranks, recall_at_k, retrieval_ranks
+from prom3e.runtime import progress_bar
 
 
 @dataclass
@@ -157,7 +158,6 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
                 config: AlignConfig | None = None, encoders: dict[str, dict] | None = None,
                 progress: bool = True) -> Aligner:
     """Fit the anchor projection and every other modality's head on ``table``'s rows."""
-    from tqdm.auto import tqdm
 
     cfg = config or AlignConfig()
     cfg.validate()
@@ -186,8 +186,7 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
     torch_state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     if cfg.threads and device == "cpu":
         torch.set_num_threads(cfg.threads)
-    bar = tqdm(total=cfg.epochs * len(others), unit="epoch", desc="align",
-               disable=not progress)
+    bar = progress_bar(total=cfg.epochs * len(others), show=progress, unit="epoch", desc="align")
     try:
         for m in range(len(table.modalities)):
             name = table.modalities[m]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
 
 EXAMPLES = """\
   prom3e align --data features.parquet --anchor image --out aligned.parquet --model-out ALIGN
@@ -27,9 +27,11 @@ def add_parser(sub) -> None:
     p.add_argument("--anchor", required=True, help="the frozen anchor modality (e.g. image)")
     p.add_argument("--out", required=True, help="aligned table to write (Parquet)")
     p.add_argument("--model-out", required=True, help="folder for the heads")
-    p.add_argument("--label", help="metadata column: same-label rows are positives (SupCon)")
+    p.add_argument("--label", help="metadata column: same-label rows are positives (SupCon) (default: none, "
+                   "only a row's own pair is positive)")
     p.add_argument("--fit-where", metavar="COL=VALUE",
-                   help="fit on these rows only (e.g. split=train); all rows are transformed")
+                   help="fit on these rows only (e.g. split=train); all rows are transformed "
+                   "(default: fit on all rows)")
     p.add_argument("--modalities", help="comma-separated modalities to use (default: all)")
     p.add_argument("--dim", type=count(1), help="D, the shared dim (default: min(512, anchor dim))")
     p.add_argument("--anchor-proj", default="pca", choices=["pca", "pca_whiten", "center"],
@@ -37,19 +39,19 @@ def add_parser(sub) -> None:
     p.add_argument("--head", default="mlp", choices=["mlp", "linear"],
                    help="head type for frozen encoders' features (default: mlp)")
     p.add_argument("--hidden", type=count(1), default=1024, help="MLP head width (default: 1024)")
-    p.add_argument("--epochs", type=count(1), default=100, help="max epochs per modality (100)")
-    p.add_argument("--batch-size", type=count(2), default=256, help="pairs per batch (256)")
-    p.add_argument("--lr", type=number(0, low_open=True), default=1e-4, help="AdamW learning rate (1e-4)")
-    p.add_argument("--weight-decay", type=number(0), default=0.01, help="AdamW weight decay (0.01)")
+    p.add_argument("--epochs", type=count(1), default=100, help="max epochs per modality (default: 100)")
+    p.add_argument("--batch-size", type=count(2), default=256, help="pairs per batch (default: 256)")
+    p.add_argument("--lr", type=number(0, low_open=True), default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--weight-decay", type=number(0), default=0.01, help="AdamW weight decay (default: 0.01)")
     p.add_argument("--val-frac", type=number(0, 1, high_open=True), default=0.1,
-                   help="pairs held out for early stopping (0.1)")
-    p.add_argument("--patience", type=count(0), default=10, help="early-stopping patience (10)")
+                   help="pairs held out for early stopping (default: 0.1)")
+    p.add_argument("--patience", type=count(0), default=10, help="early-stopping patience (default: 10)")
     p.add_argument("--parts", action="store_true",
                    help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts)")
     p.add_argument("--max-fit-rows", type=count(2), default=500_000,
                    help="with parts: fit on a seeded subsample of at most this many rows (default: 500000)")
     p.add_argument("--part-rows", type=count(), default=65536, help="with parts: rows per output part (default: 65536)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p, "progress bar")
     add_overwrite(p, "--out / --model-out")
     add_common(p)
     p.set_defaults(func=run)
@@ -68,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
         from prom3e.align.dataset import align_dataset
 
         aligner = align_dataset(args.data, args.anchor, args.out, args.model_out, args.label, cfg, args.fit_where,
-                                mods, not args.no_progress, args.max_fit_rows, args.part_rows, args.overwrite)
+                                mods, not args.quiet, args.max_fit_rows, args.part_rows, args.overwrite)
     else:
         aligner = align_file(args.data, args.anchor, args.out, args.model_out, args.label, cfg,
-                             args.fit_where, mods, progress=not args.no_progress, overwrite=args.overwrite)
+                             args.fit_where, mods, progress=not args.quiet, overwrite=args.overwrite)
     print(f"aligned {len(aligner.modalities)} modalities to '{args.anchor}' in "
           f"{aligner.dim}-d → {args.out}; heads → {args.model_out}")
     for name, rec in aligner.record["modalities"].items():

@@ -25,22 +25,23 @@ def add_parser(sub) -> None:
     p.add_argument("--label", required=True, help="metadata column to classify")
     p.add_argument("--out", required=True, help="folder for results.json, results.md, results.png")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default: all: {','.join(METHODS)})")
-    p.add_argument("--modalities", help="comma-separated subset of modality columns to use")
+    p.add_argument("--modalities", help="comma-separated subset of modality columns to use (default: all)")
     p.add_argument("--epochs", type=count(1), default=20, help="training epochs of every method (default: 20)")
     p.add_argument("--batch-size", type=count(2), default=256)
     p.add_argument("--lr", type=number(0, low_open=True), default=1e-3)
     p.add_argument("--width", type=count(4), default=64, help="hidden width of every method (default: 64)")
-    p.add_argument("--seeds", type=int_list(0), default=[0], help="comma-separated seeds: split + init (default: 0)")
-    p.add_argument("--etas", type=number_list(0, 1, high_open=True), default=[0.7, 0.9],
+    p.add_argument("--seeds", type=int_list(0), default="0", help="comma-separated seeds: split + init (default: 0)")
+    p.add_argument("--etas", type=number_list(0, 1, high_open=True), default="0.7,0.9",
                    help="missing rates of the fixed-table protocol")
     p.add_argument("--train-missing", choices=["natural", "eta"], default="natural",
                    help="training split: its natural missingness, or a fixed table at the first η")
     p.add_argument("--subset-cap", type=count(1), default=1000, help="test rows per visible set (default: 1000)")
-    p.add_argument("--max-rows", type=count(4), help="use a stratified subsample of this many rows")
+    p.add_argument("--max-rows", type=count(4), help="use a stratified subsample of this many rows (default: all rows)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. moe-retriever.mode=weighted_mean, aoept.prompt_len=8")
     p.add_argument("--threads", type=count(1), help="CPU threads (default: torch's choice)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no per-method progress lines; results and warnings "
+                   "still print")
     add_overwrite(p, "results in OUT")
     add_common(p, seed=False)
     p.set_defaults(func=run)

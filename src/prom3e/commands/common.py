@@ -21,6 +21,26 @@ def add_common(p: argparse.ArgumentParser, seed: bool = True, device: bool = Tru
         )
 
 
+def add_quiet(p: argparse.ArgumentParser, what: str = "progress bars") -> None:
+    """``--quiet`` (the one switch for progress output) and ``--no-progress``, its hidden,
+    deprecated alias. Bars are drawn only on a terminal anyway; without ``--quiet`` a log
+    still gets the one-line summaries (per epoch)."""
+    p.add_argument("--quiet", action="store_true",
+                   help=f"no {what} and no per-epoch lines; results and warnings still print "
+                   "(bars are only drawn on a terminal anyway)")
+    p.add_argument("--no-progress", dest="quiet", action=_Deprecated, nargs=0, help=argparse.SUPPRESS)
+
+
+class _Deprecated(argparse.Action):
+    """``--no-progress``: sets ``quiet`` and says on stderr that ``--quiet`` replaces it."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import sys
+
+        print(f"{parser.prog}: {option_string} is deprecated; use --quiet", file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
 def add_overwrite(p: argparse.ArgumentParser, what: str = "OUT") -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace an existing {what} (default: refuse; an input is never replaced)")
@@ -95,9 +115,22 @@ def names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Description and examples as written; every option's default shown in its help
+    (``(default: …)`` is added unless the help already says what the default is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.required
+                or action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def subparser(sub, name: str, help: str, examples: str, aliases: list[str] | None = None
               ) -> argparse.ArgumentParser:
     return sub.add_parser(
         name, help=help, description=help, epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter, aliases=aliases or [],
+        formatter_class=HelpFormatter, aliases=aliases or [],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
 
 EXAMPLES = """\
   prom3e demo                       # writes demo-output/
@@ -19,10 +19,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--n", type=count(10), default=20000, help="rows to generate (default: 20000)")
     p.add_argument("--epochs", type=count(1), default=15, help="training epochs (default: 15)")
-    p.add_argument("--model", default="base", choices=["tiny", "base", "paper", "large"])
+    p.add_argument("--model", default="base", choices=["tiny", "base", "paper", "large"], help="architecture")
     p.add_argument("--test-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.2,
                    help="rows held out from training for the evaluation (default: 0.2)")
     add_overwrite(p, "demo output in OUT")
+    add_quiet(p, "progress bars")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -54,13 +55,13 @@ def run(args) -> int:
     write_parquet(test, out / "test.parquet")
     print(f"[1/3] synthetic data: {len(fit)} training + {len(test)} held-out rows, modalities "
           f"{', '.join(table.modalities)} → {out}/train.parquet, test.parquet", flush=True)
-    summary = train(fit, out / "run", cfg)
+    summary = train(fit, out / "run", cfg, progress=not args.quiet)
     t_train = time.perf_counter() - t0
     print(f"[2/3] trained in {t_train:.0f}s: best validation R@1 {summary['best_val_r1_mean']:.3f}",
           flush=True)
     fuser = Fuser.load(out / "run", device=args.device)
     metrics = evaluate(fuser, test, label="species", out_dir=out / "eval", seed=args.seed,
-                       progress=True, command=f"prom3e demo --out {args.out} --seed {args.seed}")
+                       progress=not args.quiet, command=f"prom3e demo --out {args.out} --seed {args.seed}")
     total = time.perf_counter() - t0
     print(f"[3/3] evaluated → {out}/eval/report.md, metrics.json ({total:.0f}s in all)")
     for line in headline(metrics):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, add_overwrite, count, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, subparser
 
 EXAMPLES = """\
   prom3e embed --observations obs.csv --spec embed.yaml --out features.parquet
@@ -36,12 +36,12 @@ by all ranks (docs/SCALE.md).
 def add_parser(sub) -> None:
     p = subparser(sub, "embed", "turn observations into feature vectors (stage 1)", EXAMPLES)
     p.add_argument("--observations", help="one row per observation: CSV/TSV, Parquet, a GBIF/Darwin "
-                   "Core Archive zip, or a folder or glob of Parquet parts")
+                   "Core Archive zip, or a folder or glob of Parquet parts (required unless --list-encoders)")
     p.add_argument("--delimiter", help="field delimiter: one character or tab/comma/semicolon/pipe "
                    "(default: by extension: .csv comma, .tsv/.txt tab)")
     p.add_argument("--encoding", help="text encoding (default: UTF-8, or what meta.xml says)")
-    p.add_argument("--spec", help="YAML/JSON: modality → encoder and input column(s)")
-    p.add_argument("--out", help="output feature table (Parquet)")
+    p.add_argument("--spec", help="YAML/JSON: modality → encoder and input column(s) (required unless --list-encoders)")
+    p.add_argument("--out", help="output feature table (Parquet) (required unless --list-encoders)")
     p.add_argument("--restart", action="store_true",
                    help="discard a partial earlier run instead of resuming it")
     p.add_argument("--parts", action="store_true",
@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
                         "under torchrun)")
     p.add_argument("--part-rows", type=count(), default=50_000,
                    help="observations per part with --parts (default: 50000)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p, "progress bar")
     p.add_argument("--list-encoders", action="store_true", help="list the encoders and exit")
     add_overwrite(p, "OUT that another spec (or another program) wrote")
     add_common(p)
@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
         from prom3e.encoders.embed_parts import embed_parts
 
         summary = embed_parts(args.observations, load_spec(args.spec), args.out, device=args.device,
-                              restart=args.restart, progress=not args.no_progress, part_rows=args.part_rows,
+                              restart=args.restart, progress=not args.quiet, part_rows=args.part_rows,
                               delimiter=args.delimiter, encoding=args.encoding)
         if summary is not None:
             print("\n".join(summary.lines()))
         return 0
     summary = embed(args.observations, load_spec(args.spec), args.out, device=args.device,
-                    restart=args.restart, progress=not args.no_progress,
+                    restart=args.restart, progress=not args.quiet,
                     delimiter=args.delimiter, encoding=args.encoding, overwrite=args.overwrite)
     print("\n".join(summary.lines()))
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
 
 EXAMPLES = """\
   prom3e evaluate --model runs/synth --data test.parquet --label species --out eval/
@@ -29,9 +29,11 @@ def add_parser(sub) -> None:
                    "glob of Parquet parts (only the capped fit/test rows are read)")
     p.add_argument("--aligner", metavar="DIR",
                    help="stage-1 heads ('prom3e align --model-out', local-dir:PATH, hf-hub:ORG/NAME, or "
-                   "'bundled': those exported with --model): --data then holds raw encoder features")
+                   "'bundled': those exported with --model): --data then holds raw encoder features (default: none, "
+                   "--data is already aligned)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--label", help="label column (zero-shot, probes, stratified split)")
+    p.add_argument("--label", help="label column (zero-shot, probes, stratified split) (default: none: retrieval, "
+                   "uncertainty and gap only, split unstratified)")
     p.add_argument("--modalities", help="comma-separated modality columns of --data to read and use; the "
                    "others are ignored (e.g. one the model does not know) and rows with none of them "
                    "are left out (default: every modality column)")
@@ -52,7 +54,7 @@ def add_parser(sub) -> None:
                    help="share of each class used to choose δ and fit probes (default: 0.5)")
     p.add_argument("--split-column", metavar="COL",
                    help="split by this column instead: rows 'test' are evaluated, rows 'train'/'fit'/'val' "
-                        "choose δ and fit the probes")
+                        "choose δ and fit the probes (default: none, the seeded --fit-frac split)")
     p.add_argument("--max-fit", type=count(0), default=2000, help="cap on fit rows (default: 2000; 0 = none)")
     p.add_argument("--max-test", type=count(0), default=2000, help="cap on test rows (default: 2000; 0 = none)")
     p.add_argument("--max-subset-size", type=count(1), default=3,
@@ -61,13 +63,15 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=count(1),
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "progress bar")
     add_overwrite(p, "evaluation in OUT")
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from prom3e.api import Fuser
     from prom3e.data.dataset import is_dataset
     from prom3e.io import check_output_dir
@@ -95,7 +99,8 @@ def run(args) -> int:
         batch_size=args.batch_size, threads=args.threads, plots=not args.no_plots, progress=not args.quiet,
         command=command,
     )
-    print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
+    out = Path(args.out)
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     for line in headline(metrics):
         print("  " + line)
     return 0

@@ -23,13 +23,17 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True,
                    help="the run: a folder ('prom3e train'), local-dir:PATH or hf-hub:ORG/NAME[@REVISION]")
     p.add_argument("--out", required=True, help="the export folder to write")
-    p.add_argument("--aligner", metavar="DIR", help="stage-1 heads to bundle ('prom3e align --model-out')")
+    p.add_argument("--aligner", metavar="DIR", help="stage-1 heads to bundle ('prom3e align --model-out') "
+                   "(default: none)")
     p.add_argument("--data", metavar="FEATURES",
-                   help="the feature table 'prom3e embed' wrote: records which encoders feed each modality")
-    p.add_argument("--eval", metavar="DIR", help="a 'prom3e evaluate --out' folder: its metrics go in the card")
+                   help="the feature table 'prom3e embed' wrote: records which encoders feed each modality "
+                   "(default: none, the encoders the run recorded)")
+    p.add_argument("--eval", metavar="DIR", help="a 'prom3e evaluate --out' folder: its metrics go in the "
+                   "card (default: none, the run's validation metrics only)")
     p.add_argument("--name", help="the repository name for the card, e.g. my-lab/ucsc-prom3e "
                    "(default: the folder name)")
-    p.add_argument("--dataset", help="what it was trained on, e.g. a Hub dataset id (for the card)")
+    p.add_argument("--dataset", help="what it was trained on, e.g. a Hub dataset id (for the card) "
+                   "(default: not stated)")
     p.add_argument("--license", default="other",
                    help="licence identifier for the card, e.g. apache-2.0, cc-by-4.0 (default: other)")
     p.add_argument("--which", choices=["best", "last"], default="best",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_overwrite, count, subparser
+from prom3e.commands.common import add_overwrite, add_quiet, count, subparser
 
 EXAMPLES = """\
   prom3e index build --data gallery.parquet --column text --out text.index.safetensors
@@ -23,19 +23,24 @@ def add_parser(sub) -> None:
                    "or a folder or glob of Parquet parts (only --column is read)")
     p.add_argument("--column", required=True, help="the modality column to index or to query with")
     p.add_argument("--out", required=True, help="build: index file (.safetensors); search: Parquet of hits")
-    p.add_argument("--index", help="search: the index file written by 'prom3e index build'")
-    p.add_argument("--spec", default="exact", help="build: 'exact' or a faiss index_factory string")
+    p.add_argument("--index", help="search: the index file written by 'prom3e index build' (required by search)")
+    p.add_argument("--spec", default="exact", help="build: 'exact' (torch) or a faiss index_factory string, "
+                   "e.g. IVF256,Flat: about min(N/39, 4·√N) lists for N gallery vectors")
     p.add_argument("--params", default=None, help="faiss search parameters, e.g. nprobe=16 or efSearch=128 "
-                   "(build: stored with the index; search: overrides them)")
-    p.add_argument("--k", type=count(1), default=10, help="search: neighbours per query (default 10)")
+                   "(build: stored with the index; search: overrides them) "
+                   "(default: build: faiss's own; search: those stored)")
+    p.add_argument("--k", type=count(1), default=10, help="search: neighbours per query (default: 10)")
     p.add_argument("--threads", type=count(1), default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--seed", type=count(0), default=0, help="build: seed of the training sample (default 0)")
+    p.add_argument("--seed", type=count(0), default=0, help="build: seed of the training sample (default: 0)")
     add_overwrite(p)
+    add_quiet(p, "progress bar (search)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import sys
     import time
+    import warnings
 
     import numpy as np
     import pyarrow as pa
@@ -45,6 +50,7 @@ def run(args) -> int:
     from prom3e.data.table import read_column, write_parquet
     from prom3e.errors import Prom3eError
     from prom3e.index import GalleryIndex
+    from prom3e.index.gallery import IndexAdvice
     from prom3e.io import check_output_file
 
     if args.action == "search" and not args.index:
@@ -60,7 +66,14 @@ def run(args) -> int:
             features, present, _ = read_column(args.data, args.column)
             rows = np.flatnonzero(present)
             gallery = features[rows]
-        index = GalleryIndex.build(gallery, args.spec, args.params or "", ids=rows, seed=args.seed)
+        with warnings.catch_warnings(record=True) as caught:  # faiss's advice, as one line of ours
+            warnings.simplefilter("always", IndexAdvice)
+            index = GalleryIndex.build(gallery, args.spec, args.params or "", ids=rows, seed=args.seed)
+        for w in caught:
+            if issubclass(w.category, IndexAdvice):
+                print(f"prom3e index build: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         index.save(args.out)
         print(f"wrote {args.out}: {len(index)} '{args.column}' vectors of {args.data}, {args.spec} index "
               f"({time.perf_counter() - t0:.1f}s)")
@@ -77,7 +90,7 @@ def run(args) -> int:
         features, present, meta = read_column(args.data, args.column, meta=True)
         rows = np.flatnonzero(present)
         queries, n = features[rows], len(present)
-    scores, ids = index.search(queries, args.k, progress=True)
+    scores, ids = index.search(queries, args.k, progress=not args.quiet)
     ok = np.zeros(n, bool)
     ok[rows] = True
     full_ids = np.full((n, args.k), -1, np.int64)

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", default="both", choices=["both", "fp32", "bf16"],
                    help="our model's precision(s) to time (train/encode); the reference is fp32")
     p.add_argument("--no-reference", action="store_true", help="train: skip the reference re-implementation")
-    p.add_argument("--sizes", type=int_list(1), default=[100000, 1000000], help="retrieval: gallery sizes")
+    p.add_argument("--sizes", type=int_list(1), default="100000,1000000", help="retrieval: gallery sizes")
     p.add_argument("--out", default="bench-demo", help="e2e: demo output folder; scale: run folder")
     p.add_argument("--requests", type=count(1), default=5000, help="serve: requests per batch size (default 5000)")
     p.add_argument("--concurrency", type=count(1), default=16, help="serve: concurrent clients (default 16)")
@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
                    help="serve: the endpoint to load (default /encode)")
     p.add_argument("--time-limit", type=number(0, low_open=True), default=300.0,
                    help="serve: seconds per batch size at most (default 300)")
-    p.add_argument("--data", help="scale: a folder of Parquet parts (e.g. from 'prom3e synth --parts')")
+    p.add_argument("--data", help="scale: a folder of Parquet parts (e.g. from 'prom3e synth --parts'; "
+                   "required by scale)")
     p.add_argument("--nproc", type=count(1), default=1, help="scale: processes (torchrun) (default: 1)")
     p.add_argument("--shuffle-buffer", type=count(1), default=65536, help="scale: rows in the shuffle buffer")
     add_overwrite(p, "e2e demo output in --out")

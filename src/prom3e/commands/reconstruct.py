@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, add_overwrite, count, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, subparser
 
 EXAMPLES = """\
   prom3e reconstruct --model runs/synth --data synth.parquet --target text --out text.parquet
@@ -25,12 +25,13 @@ def add_parser(sub) -> None:
                    help="also write N posterior draws per row (column TARGET_samples); the mean "
                    "column then averages them (default 0: decode μ)")
     p.add_argument("--out", required=True, help="Parquet file to write")
-    p.add_argument("--batch-size", type=count(1), default=1024)
+    p.add_argument("--batch-size", type=count(1), default=1024, help="rows per model batch")
     add_overwrite(p)
     p.add_argument("--parts", action="store_true",
                    help="write OUT as a folder of parts (automatic when --data is a folder or glob of parts, "
                         "and under torchrun)")
     p.add_argument("--part-rows", type=count(), default=65536, help="input rows per output part (default: 65536)")
+    add_quiet(p, "progress bar")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -64,7 +65,7 @@ def run(args) -> int:
     if parts:
         return _run_parts(args, fuser, cols)
     table = read_table(args.data).check_schema(fuser.modalities, fuser.dims)
-    out, done = _reconstruct(fuser, table, cols, args, args.seed)
+    out, done = _reconstruct(fuser, table, cols, args, args.seed, progress=not args.quiet)
     write_parquet(out, args.out)
     n = len(table)
     print(f"wrote {args.out}: {done} reconstructed '{args.target}' rows"
@@ -76,10 +77,10 @@ def _reconstruct(fuser, table, cols, args, seed: int, progress: bool = True):
     """The output table for ``table``'s rows, and how many rows were reconstructed."""
     import numpy as np
     import pyarrow as pa
-    from tqdm.auto import tqdm
 
     from prom3e.data.table import vectors_to_arrow
     from prom3e.errors import Prom3eError
+    from prom3e.runtime import progress_bar
 
     t = fuser._index(args.target)
     visible = table.present & cols
@@ -89,7 +90,7 @@ def _reconstruct(fuser, table, cols, args, seed: int, progress: bool = True):
     sigma = np.full(n, np.nan, np.float32)
     draws = np.zeros((n, args.samples, d), np.float32) if args.samples else None
     step = args.batch_size * 8
-    for i in tqdm(range(0, len(rows), step), desc="reconstruct", unit="chunk", disable=not progress):
+    for i in progress_bar(range(0, len(rows), step), show=progress, desc="reconstruct", unit="chunk"):
         r = rows[i:i + step]
         part = table.take(r)
         part.present = visible[r]
@@ -121,12 +122,11 @@ def _run_parts(args, fuser, cols) -> int:
     rows, resumable; under torchrun chunk k goes to rank k mod world (docs/SCALE.md)."""
     from pathlib import Path
 
-    from tqdm.auto import tqdm
-
     from prom3e import distributed
     from prom3e.data.dataset import Dataset
     from prom3e.data.parts import PartWriter, file_fingerprint
     from prom3e.errors import Prom3eError
+    from prom3e.runtime import progress_bar
 
     if args.part_rows < 1:
         raise Prom3eError(f"--part-rows must be ≥ 1, got {args.part_rows}")
@@ -138,7 +138,8 @@ def _run_parts(args, fuser, cols) -> int:
                    "samples": args.samples, "seed": args.seed, "part_rows": args.part_rows}
     writer = PartWriter(args.out, fingerprint, args.overwrite)
     firsts, done = list(range(0, ds.num_rows, args.part_rows)), 0
-    for k, first in enumerate(tqdm(firsts, desc="reconstruct", unit="part", disable=rank != 0)):
+    for k, first in enumerate(progress_bar(firsts, show=rank == 0 and not args.quiet, desc="reconstruct",
+                                             unit="part")):
         if k % world != rank or writer.done(first):
             continue
         chunk = ds.table(first, min(first + args.part_rows, ds.num_rows))

@@ -39,23 +39,26 @@ def add_parser(sub) -> None:
     p = subparser(sub, "serve", "Serve a trained run over HTTP: a JSON API and a web page.", EXAMPLES)
     p.add_argument("--model", required=True, help="run folder (written by prom3e train or prom3e demo)")
     p.add_argument("--aligner", help="stage-1 heads (prom3e align --model-out): raw encoder features and raw "
-                   "inputs (coordinates, text) through the recorded encoders")
+                   "inputs (coordinates, text) through the recorded encoders (default: none, aligned inputs)")
     p.add_argument("--encoders", help='JSON {modality: {"encoder": NAME, "options": {...}}}: the encoders that '
-                   "built each modality, where the run/aligner does not record them")
+                   "built each modality, where the run/aligner does not record them (default: what they record)")
     p.add_argument("--index", action="append", metavar="NAME=FILE",
-                   help="a gallery index of modality NAME (prom3e index build); repeatable")
+                   help="a gallery index of modality NAME (prom3e index build); repeatable (default: none)")
     p.add_argument("--index-meta", action="append", metavar="NAME=TABLE",
-                   help="the table an --index was built from: hits come with its metadata; repeatable")
+                   help="the table an --index was built from: hits come with its metadata; repeatable "
+                   "(default: hits are ids only)")
     p.add_argument("--gallery", metavar="TABLE", help="build exact in-memory indexes of every modality of this "
-                   "Parquet table (ids = row numbers, hits with its metadata)")
-    p.add_argument("--prototypes", metavar="TABLE", help="labelled table: class prototypes for /classify")
+                   "Parquet table (ids = row numbers, hits with its metadata) (default: none)")
+    p.add_argument("--prototypes", metavar="TABLE", help="labelled table: class prototypes for /classify "
+                   "(default: none, /classify off)")
     p.add_argument("--label", default="species", help="--prototypes' label column (default: species)")
     p.add_argument("--class-modality", help="--prototypes' class modality (default: detected)")
-    p.add_argument("--examples", metavar="TABLE", help="table whose first rows the page offers as examples")
+    p.add_argument("--examples", metavar="TABLE", help="table whose first rows the page offers as examples "
+                   "(default: none)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key-env", metavar="VAR", help="require the key in this environment variable as the "
-                   "X-API-Key header on every endpoint but /health")
+                   "X-API-Key header on every endpoint but /health (default: no key)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loads the model (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
     p.add_argument("--max-rows", type=int, default=512, help="rows per request (default: 512)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
 
 EXAMPLES = """\
   prom3e synth --out data/synth.parquet
@@ -37,6 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--parts", action="store_true",
                    help="write OUT as a folder of Parquet parts (docs/SCALE.md); resumable")
     p.add_argument("--part-rows", type=count(), default=262144, help="rows per part with --parts (default: 262144)")
+    add_quiet(p, "progress bar (--parts)")
     add_common(p, device=False)
     p.set_defaults(func=run)
     return p
@@ -71,17 +72,17 @@ def _run_parts(cfg, args: argparse.Namespace) -> int:
     import dataclasses
 
     import numpy as np
-    from tqdm.auto import tqdm
 
     from prom3e.data.parts import PartWriter
     from prom3e.data.synthetic import generate_parts
     from prom3e.data.table import from_arrow
+    from prom3e.runtime import progress_bar
 
     parts = list(generate_parts(cfg, args.part_rows))
     writer = PartWriter(args.out, {"synth": dataclasses.asdict(cfg), "part_rows": args.part_rows},
                         restart=args.overwrite)
     present, written = np.zeros(len(cfg.modalities)), 0
-    for first, make in tqdm(parts, desc="synth", unit="part"):
+    for first, make in progress_bar(parts, show=not args.quiet, desc="synth", unit="part"):
         if writer.done(first):
             continue
         table = make()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
 
 EXAMPLES = """\
   prom3e synth --out synth.parquet
@@ -19,21 +19,30 @@ lr, batch size, …) or another table is refused unless --allow-changes.
 """
 
 
+# TrainConfig's defaults, shown in --help without importing torch (a test keeps them equal)
+SHOWN_DEFAULTS = {"model": "base", "epochs": 30, "batch_size": 256, "lr": 1e-3, "kl_weight": 1e-3,
+                  "precision": "auto"}
+
+
 def add_parser(sub) -> None:
     p = subparser(sub, "train", "Train ProM3E on a Parquet table (any modalities, any missingness).",
                   EXAMPLES)
     p.add_argument("--data", required=True, help="Parquet table (see docs/DATA.md), or a folder or glob of "
                    "Parquet parts: streamed, memory bounded by the shuffle buffer (docs/SCALE.md)")
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--config", help="YAML/JSON file of training options (flags below override it)")
-    p.add_argument("--model", choices=["tiny", "base", "paper", "large"], help="architecture (default: base)")
-    p.add_argument("--modalities", help="comma-separated subset of modality columns to use")
-    p.add_argument("--epochs", type=count(1))
-    p.add_argument("--batch-size", type=count(2))
-    p.add_argument("--lr", type=number(0, low_open=True))
-    p.add_argument("--kl-weight", type=number(0))
-    p.add_argument("--label", help="label column: same-label rows are not contrastive negatives")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    d = SHOWN_DEFAULTS
+    p.add_argument("--config", help="YAML/JSON file of training options; the flags below override it "
+                   "(default: none, the built-in defaults shown here)")
+    p.add_argument("--model", choices=["tiny", "base", "paper", "large"], help=f"architecture (default: {d['model']})")
+    p.add_argument("--modalities", help="comma-separated subset of modality columns to use (default: all)")
+    p.add_argument("--epochs", type=count(1), help=f"training epochs (default: {d['epochs']})")
+    p.add_argument("--batch-size", type=count(2), help=f"rows per batch (default: {d['batch_size']})")
+    p.add_argument("--lr", type=number(0, low_open=True), help=f"peak AdamW learning rate (default: {d['lr']:g})")
+    p.add_argument("--kl-weight", type=number(0), help=f"λ, the weight of the KL term (default: {d['kl_weight']:g})")
+    p.add_argument("--label", help="label column: same-label rows are not contrastive negatives "
+                   "(default: none)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help=f"auto = bf16 where the hardware runs it fast, else fp32 (default: {d['precision']})")
     p.add_argument("--threads", type=count(1), help="CPU threads (default: torch's choice)")
     p.add_argument("--stream", action="store_true",
                    help="stream --data from disk even when it is one file (folders and globs always are)")
@@ -43,7 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue even though settings or the table differ from the run's")
     add_overwrite(p, "run in OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "progress bar")
     add_common(p, from_config=True)
     p.set_defaults(func=run)
 
@@ -93,7 +102,7 @@ def run(args) -> int:
         return 0
     record_encoders(args.data, args.out, table.modalities)
     print(f"done: best validation R@1 {summary['best_val_r1_mean']:.4f} after {summary['epochs']} "
-          f"epochs → {args.out}/model.safetensors")
+          f"epochs → {Path(args.out) / 'model.safetensors'}")
     return 0
 
 

@@ -247,7 +247,7 @@ def embed(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLi
     (its rows are reused); any other existing file is refused unless ``overwrite``; an
     input is never replaced.
     """
-    from tqdm.auto import tqdm
+    from prom3e.runtime import progress_bar
 
     obs_path, out = Path(observations), Path(out)
     same_spec = _previous_output(out, spec.fingerprint(), spec.id_column or ROW_COLUMN,
@@ -277,7 +277,7 @@ def embed(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLi
     summary = EmbedSummary(str(out), rows=n, reused=n - len(todo))
 
     encoders = [_build_encoder(m, device) for m in spec.modalities]
-    bar = tqdm(total=len(todo), unit="row", desc="embed", disable=not progress or not len(todo))
+    bar = progress_bar(total=len(todo), show=progress and bool(len(todo)), unit="row", desc="embed")
     for s in range(0, len(todo), spec.batch_size):
         rows = todo[s : s + spec.batch_size]
         cols = {"__key": keys.take(pa.array(rows)), **embed_rows(table, rows, spec, kinds, roots, encoders)[0]}

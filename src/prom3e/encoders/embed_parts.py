@@ -142,7 +142,7 @@ def embed_parts(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.
                 encoding: str | None = None) -> EmbedSummary | None:
     """Embed the observations into the folder ``out`` (see the module docstring). Under
     torchrun every rank calls this; rank 0 returns the summary, the others ``None``."""
-    from tqdm.auto import tqdm
+    from prom3e.runtime import progress_bar
 
     if part_rows < 1:
         raise Prom3eError(f"--part-rows must be ≥ 1, got {part_rows}")
@@ -162,8 +162,8 @@ def embed_parts(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.
                        "modalities": [m.__dict__ for m in spec.modalities]}).encode()
     encoders = None
     firsts, embedded = [], 0
-    bar = tqdm(unit="row", desc=f"embed (rank {rank}/{world})" if world > 1 else "embed",
-               disable=not progress or rank != 0)
+    bar = progress_bar(show=progress and rank == 0, unit="row",
+                       desc=f"embed (rank {rank}/{world})" if world > 1 else "embed")
     error: Prom3eError | None = None
     try:
         for k, (first, load) in enumerate(chunks):

@@ -233,7 +233,7 @@ class Uncertainty(Task):
                 "n": int(sum(len(c["sigma"]) for c in ctx.calibration)),
             },
         }
-        return TaskResult(metrics, {"sigma": sig, "next": nxt})
+        return TaskResult(metrics, {"sigma": sig, "next": nxt, "floor": unc.sigma_l1_floor(ctx.fuser)})
 
 
 class Gap(Task):

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from prom3e.data.table import ModalTable
+from prom3e.runtime import progress_bar
 from prom3e.tasks.claims import claims
 from prom3e.tasks.common import FuserLike, jsonable
 from prom3e.tasks.eval_config import ALL_TASKS, EvalConfig
@@ -124,11 +125,9 @@ def run_tasks(ctx: EvalContext, config: EvalConfig) -> tuple[dict[str, TaskResul
 
     Each visible set is encoded once, with what every task asks for it, and scored by each.
     """
-    from tqdm.auto import tqdm
-
     tasks: list[Task] = [cls(ctx, config) for name, cls in TASKS.items() if name in config.tasks]
     total = len(ctx.sets) + sum(t.steps() for t in tasks)
-    with tqdm(total=total, desc="evaluate", disable=not config.progress, unit="step") as ctx.progress:
+    with progress_bar(total=total, show=config.progress, desc="evaluate", unit="step") as ctx.progress:
         for s in ctx.sets:
             needs = [t.needs(s) for t in tasks]
             need = Need.merge(needs)

@@ -80,18 +80,23 @@ def projections(clouds: dict[str, dict[str, np.ndarray]], per_modality: int = 30
     ``clouds[rep][modality]`` are the rows of one representation (``raw``, ``hidden``,
     ``reconstruction``). Up to ``per_modality`` rows of each modality (seeded) are projected
     jointly. Returns ``{"modalities": every modality name (sorted), "panels": {rep: {modality:
-    xy [n, 2]}, or None when the modalities' dims differ (no joint projection)}}``.
+    xy [n, 2]}, or None when the modalities' dims differ (no joint projection)}, "variance_share":
+    {rep: the share of the variance each of the two components holds}}``.
     """
     reps = [r for r in ("raw", "hidden", "reconstruction") if clouds.get(r)]
     rng = np.random.default_rng(seed)
     panels: dict[str, dict[str, np.ndarray] | None] = {}
+    share: dict[str, np.ndarray] = {}
     for rep in reps:
         parts = {m: x for m, x in clouds[rep].items() if len(x)}
         if len({x.shape[1] for x in parts.values()}) != 1:
             panels[rep] = None
             continue
         take = {m: x[np.sort(rng.permutation(len(x))[:per_modality])] for m, x in parts.items()}
-        xy = pca_2d(np.concatenate(list(take.values())))
+        points = np.concatenate(list(take.values()))
+        xy = pca_2d(points)
+        total = float(points.var(0).sum())
+        share[rep] = xy.var(0) / total if total > 0 else np.full(2, np.nan)
         ends = np.cumsum([len(x) for x in take.values()])
         panels[rep] = dict(zip(take, np.split(xy, ends[:-1]), strict=True))
-    return {"modalities": sorted({m for r in reps for m in clouds[r]}), "panels": panels}
+    return {"modalities": sorted({m for r in reps for m in clouds[r]}), "panels": panels, "variance_share": share}

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,14 @@ import torch
 
 from prom3e.data.table import ModalTable
 from prom3e.tasks.common import FuserLike, spearman
+
+
+def sigma_l1_floor(fuser: FuserLike) -> float | None:
+    """The least ‖σ‖₁ the model can report, E·exp(−clip/2), where every logσ² sits at its
+    clip (a collapsed σ); ``None`` for a model without that clip."""
+    cfg = getattr(getattr(fuser, "model", None), "cfg", None)
+    clip, dim = getattr(cfg, "logvar_clip", None), getattr(cfg, "embed_dim", None)
+    return None if clip is None or dim is None else float(dim * math.exp(-clip / 2))
 
 
 def sigma_l1(posterior) -> np.ndarray:

@@ -92,7 +92,7 @@ def read_schema(run: str | os.PathLike) -> tuple[list[str], list[int]]:
     try:
         return [m["name"] for m in s["modalities"]], [int(m["dim"]) for m in s["modalities"]]
     except (KeyError, TypeError) as e:
-        raise Prom3eError(f"{run}/schema.json: malformed ({e})") from None
+        raise Prom3eError(f"{Path(run) / 'schema.json'}: malformed ({e})") from None
 
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -25,7 +25,7 @@ from prom3e.errors import Prom3eError
 from prom3e.io import write_text
 from prom3e.metrics import dedup_gallery, recall_at_k, retrieval_ranks
 from prom3e.models.prom3e import CONFIGS, Prom3e, Prom3eConfig, named_config
-from prom3e.runtime import autocast, resolve_device, resolve_precision
+from prom3e.runtime import autocast, progress_bar, resolve_device, resolve_precision
 from prom3e.train import checkpoint as ckpt
 from prom3e.train.data import BatchSource, InMemorySource, label_ids, split_rows  # noqa: F401 (re-exported)
 
@@ -257,8 +257,6 @@ class Trainer:
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to ``cfg.epochs`` (or stop after epoch ``stop_after``, as an interruption would)."""
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         if self.rank == 0:
             self.run.mkdir(parents=True, exist_ok=True)
@@ -273,8 +271,8 @@ class Trainer:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
             torch.manual_seed(cfg.seed * 7_919 + self.epoch)
             batches = self.source.batches(self.epoch, cfg.batch_size, gen)
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                       disable=not self.progress or self.rank != 0, leave=False)
+            bar = progress_bar(batches, show=self.progress and self.rank == 0, total=steps_per_epoch,
+                               desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
             sums: dict[str, float] = {}
             for i, batch in enumerate(bar):
                 visible = sample_visible(batch.present, cfg.visible_probs, gen)
