@@ -136,42 +136,6 @@ def _evaluation() -> str:
         f"{_f(g['reconstruction']['separability'], 2)}.")
 
 
-def claim_cells(c: dict) -> dict[str, str]:
-    """The paper's four claims, worded for a table cell (from an evaluation's ``claims``)."""
-    def verdict(x: dict) -> str:
-        return "not enough data" if x["holds"] is None else ("**holds**" if x["holds"] else "does not hold")
-
-    out = {}
-    if "inversion_beats_cross_r1" in c:
-        x = c["inversion_beats_cross_r1"]
-        out["inversion"] = (f"{verdict(x)} ({_pct(x['frac_better'])} of {_n(x['n'], 'pair')} better, "
-                            f"{_pct(x['frac_not_worse'])} not worse)")
-    if "two_visible_beat_one_zeroshot" in c:
-        x = c["two_visible_beat_one_zeroshot"]
-        out["two_visible"] = f"{verdict(x)} ({_pct(x['frac_better_than_best_single'])} of {_n(x['n'], 'pair')})"
-    if "hidden_probe_beats_reconstructed" in c:
-        x = c["hidden_probe_beats_reconstructed"]
-        out["hidden_probe"] = f"{verdict(x)} ({_pct(x['frac_better'])} of {_n(x['n'], 'visible set')})"
-    if "adding_modality_lowers_sigma" in c:
-        x = c["adding_modality_lowers_sigma"]
-        out["sigma"] = f"{verdict(x)} ({_pct(x['frac_mean_lower'])} of {_n(x['n'], 'case')})"
-    return out
-
-
-def _n(n: int, what: str) -> str:
-    return f"{n} {what}" + ("" if n == 1 else "s")
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.0f} %"
-
-
-CLAIMS = (("inversion", "inversion beats cross-modal R@1 for most pairs"),
-          ("two_visible", "two visible modalities beat the best one for zero-shot"),
-          ("hidden_probe", "hidden-state probes beat reconstructed ones"),
-          ("sigma", "adding a modality lowers ‖σ‖₁"))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="folder", type=Path, help="a finished `prom3e demo` folder (default: run it)")

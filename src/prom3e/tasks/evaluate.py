@@ -35,14 +35,15 @@ from typing import Any
 import torch
 
 from prom3e.data.table import ModalTable
+from prom3e.io import write_text
 from prom3e.runtime import progress_bar
-from prom3e.tasks.claims import claims
+from prom3e.tasks.claims import claims, worded
 from prom3e.tasks.common import FuserLike, jsonable
 from prom3e.tasks.eval_config import ALL_TASKS, EvalConfig
 from prom3e.tasks.eval_context import FIT_VALUES, EvalContext, Need, prepare
 from prom3e.tasks.eval_tasks import PROBE_FEATURES, TASKS, Task, TaskResult
 from prom3e.tasks.retrieval import DELTA_GRID
-from prom3e.viz.report import write_outputs, write_text
+from prom3e.viz.report import write_outputs
 
 __all__ = ["FIT_VALUES", "OUTPUTS", "PROBE_FEATURES", "SCHEMA_VERSION", "evaluate", "run_suite", "run_tasks"]
 SCHEMA_VERSION = 1
@@ -115,6 +116,7 @@ def run_suite(fuser: FuserLike, table: ModalTable | str | os.PathLike, config: E
     metrics["claims"] = claims(metrics)
     metrics = jsonable(metrics)
     if out_dir is not None:
+        extras["claims"] = worded(metrics["claims"])
         write_outputs(Path(out_dir), metrics, run_extras=extras, plots=config.plots, command=config.command)
         write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

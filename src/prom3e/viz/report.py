@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prom3e.io import atomic_write
+from prom3e.io import atomic_write, write_text
 from prom3e.viz import plots
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic write of a world-readable text file."""
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-        os.chmod(tmp, 0o644)
-
-    atomic_write(path, write)
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -124,32 +114,15 @@ def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
         with open(tmp, "wb") as fh:
             fh.write((",".join(table.column_names) + "\n").encode())  # arrow would quote the header
             pcsv.write_csv(table, fh, write_options=pcsv.WriteOptions(include_header=False))
-        os.chmod(tmp, 0o644)
 
     atomic_write(out / "next_modality.csv", write)
     return "next_modality.csv"
 
 
-# how the report words each claim of prom3e.tasks.claims: (the claim, its evidence)
-CLAIMS: dict[str, tuple[str, Any]] = {
-    "inversion_beats_cross_r1": (
-        "inversion beats cross-modal in R@1 for most pairs",
-        lambda x: f"{_f(x['frac_better'])} of {x['n']} pairs better, {_f(x['frac_not_worse'])} not worse"),
-    "two_visible_beat_one_zeroshot": (
-        "two visible modalities beat one for zero-shot",
-        lambda x: f"{_f(x['frac_better_than_best_single'])} of {x['n']} pairs beat their best single"),
-    "hidden_probe_beats_reconstructed": (
-        "hidden-state probes beat reconstructed ones",
-        lambda x: f"{_f(x['frac_better'])} of {x['n']} visible sets (μ alone: {_f(x['frac_mu_better'])})"),
-    "adding_modality_lowers_sigma": (
-        "adding a modality lowers ‖σ‖₁",
-        lambda x: f"{_f(x['frac_mean_lower'])} of {x['n']} (set, added) cases on average; "
-                  f"{_f(x['mean_frac_rows_lower'])} of rows"),
-}
-
-
-def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str | None = None) -> str:
-    """The Markdown report of a metrics dict."""
+def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str | None = None,
+           claim_rows: Sequence[Sequence[str]] = ()) -> str:
+    """The Markdown report of a metrics dict; ``claim_rows``: the paper's claims as worded by
+    :func:`prom3e.tasks.claims.worded` (claim, verdict, evidence)."""
     s = m["settings"]
     parts = ["# prom3e evaluation report\n"]
     if command:
@@ -170,12 +143,9 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
         if name in figs:
             parts.append(f"![{figs[name]}]({name})\n\n{_setting(m, extra)}\n")
 
-    c = m.get("claims", {})
-    if c:
+    if claim_rows:
         parts.append("## The paper's claims, checked on this data\n")
-        rows = [[title, "not enough data" if c[name]["holds"] is None else c[name]["holds"], evidence(c[name])]
-                for name, (title, evidence) in CLAIMS.items() if name in c]
-        parts.append(_table(["claim", "holds", "evidence"], rows))
+        parts.append(_table(["claim", "holds", "evidence"], [list(r) for r in claim_rows]))
 
     if "retrieval" in m:
         r = m["retrieval"]
@@ -263,7 +233,7 @@ def write_outputs(out: Path, metrics: dict, run_extras: dict, plots: bool = True
     out.mkdir(parents=True, exist_ok=True)
     figs = make_plots(out, metrics, run_extras) if plots else {}
     csv = _next_rows_csv(out, metrics, run_extras)
-    text = render(metrics, figs, command, csv)
+    text = render(metrics, figs, command, csv, run_extras.get("claims", ()))
     if plots and not figs:
         text += "\n*(matplotlib is not installed: no figures. `pip install prom3e[plot]`.)*\n"
     write_text(out / "report.md", text)
