@@ -190,3 +190,15 @@ def test_the_import_reader_sees_function_local_and_relative_imports(tmp_path, mo
         "prom3e.metrics": pkg / "metrics.py"})
     assert imports("prom3e.tasks.evaluate") == [("prom3e.tasks.common", 1), ("prom3e.metrics", 4),
                                                 ("prom3e.tasks.common", 5)]
+
+
+def test_the_command_line_parser_imports_no_heavy_library():
+    """Building every subcommand's parser (``prom3e --help``) loads no torch, numpy or pyarrow:
+    command modules import those inside the function that runs the command."""
+    import subprocess
+
+    heavy = ("torch", "numpy", "pyarrow", "sklearn", "scipy", "matplotlib", "pydantic", "yaml", "tqdm")
+    code = ("import sys; from prom3e.cli import build_parser; build_parser(); "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"building the CLI parser imported: {out.stdout.strip()}"
