@@ -65,11 +65,12 @@ def run(args) -> int:
     import numpy as np
     import torch
 
+    from prom3e.data.labels import encode_labels
     from prom3e.data.table import read_table
     from prom3e.methods import FitConfig
     from prom3e.methods.benchmark import BenchConfig, run_benchmark, write_outputs
     from prom3e.runtime import resolve_device
-    from prom3e.tasks.common import encode_labels, stratified_subsample
+    from prom3e.tasks.common import stratified_subsample
 
     resolve_device(args.device)  # fail early on --device cuda without CUDA
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from prom3e.data.labels import encode_labels
 from prom3e.data.table import ModalTable, read_table
 from prom3e.errors import Prom3eError
 from prom3e.metrics import dedup_gallery, l2n
 from prom3e.tasks import zeroshot as zs
-from prom3e.tasks.common import FuserLike, encode_labels, stratified_split, stratified_subsample, visible_sets
+from prom3e.tasks.common import FuserLike, stratified_split, stratified_subsample, visible_sets
 from prom3e.tasks.eval_config import EvalConfig
 from prom3e.tasks.uncertainty import rows_with
 

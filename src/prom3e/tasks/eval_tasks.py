@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from prom3e.metrics import l2n, spearman
 from prom3e.tasks import gap as gap_mod
 from prom3e.tasks import probe as probe_mod
 from prom3e.tasks import uncertainty as unc
 from prom3e.tasks import zeroshot as zs
-from prom3e.tasks.common import l2n, mean_or_none, spearman, stratified_subsample, visible_sets
+from prom3e.tasks.common import mean_or_none, stratified_subsample, visible_sets
 from prom3e.tasks.eval_config import EvalConfig
 from prom3e.tasks.eval_context import EncodedSet, EvalContext, Need
 from prom3e.tasks.retrieval import PairData, evaluate_pair, query_mean

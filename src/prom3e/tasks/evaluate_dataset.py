@@ -3,7 +3,7 @@
 >>> metrics = evaluate_dataset(fuser, Dataset("test_parts/"), label="species", out_dir="eval")
 
 1. The label (and split) columns are read whole, as Arrow (a few bytes per row), and turned
-   into the same class codes as :func:`~prom3e.tasks.common.encode_labels`; the split and
+   into the same class codes as :func:`~prom3e.data.labels.encode_labels`; the split and
    the capped stratified subsamples are the ones :func:`~prom3e.tasks.evaluate.evaluate`
    would draw on the whole table (same functions, same seeds).
 2. Only those fit and test rows (≤ ``max_fit + max_test``) are read, validated, and
@@ -28,10 +28,12 @@ import pyarrow.compute as pc
 import torch
 
 from prom3e.data.dataset import Dataset
+from prom3e.data.labels import encode_labels
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
+from prom3e.metrics import l2n
 from prom3e.tasks import zeroshot as zs
-from prom3e.tasks.common import FuserLike, encode_labels, l2n, stratified_split, stratified_subsample
+from prom3e.tasks.common import FuserLike, stratified_split, stratified_subsample
 from prom3e.tasks.evaluate import FIT_VALUES, evaluate
 
 SPLIT = "__prom3e_split"

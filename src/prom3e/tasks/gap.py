@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prom3e.tasks.common import l2n, mean_or_none
+from prom3e.metrics import l2n
+from prom3e.tasks.common import mean_or_none
 
 
 def centroid_distance(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from prom3e.data.table import ModalTable
-from prom3e.tasks.common import FuserLike, spearman
+from prom3e.metrics import spearman
+from prom3e.tasks.common import FuserLike
 
 
 def sigma_l1_floor(fuser: FuserLike) -> float | None:
