@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
 
 from prom3e.io import atomic_write, write_text
 from prom3e.viz import plots
@@ -90,9 +92,6 @@ def make_plots(out: Path, m: dict, extras: dict) -> dict[str, str]:
 
 def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
     """Per-row "which modality next": expected ‖σ‖₁ reduction of each candidate (CSV)."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
     nxt = [n for n in (extras.get("uncertainty") or {}).get("next") or [] if len(n.get("_rows", []))]
     if not nxt:
         return None
