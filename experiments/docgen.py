@@ -18,6 +18,8 @@ A document marks the block that the renderer owns::
 
 ``python experiments/render_docs.py`` rewrites every block; ``--check`` exits 1 when a block is
 out of date (the test suite runs it), so a figure in the docs is always the one in the results.
+A block that another module will render (``pending(name, by)``) is left as it is until a
+renderer of that name is registered.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RENDERERS: dict[str, Callable[[], str]] = {}
+PENDING: dict[str, str] = {}  # block name → what will render it
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- END generated: (?P=name) -->)",
                    re.S)
 
@@ -42,6 +45,11 @@ def renderer(name: str) -> Callable[[Callable[[], str]], Callable[[], str]]:
         RENDERERS[name] = fn
         return fn
     return register
+
+
+def pending(name: str, by: str) -> None:
+    """Mark the block ``name`` as rendered by ``by`` (a module not registered yet)."""
+    PENDING[name] = by
 
 
 def load_result(name: str) -> dict:
@@ -68,7 +76,8 @@ def render_text(text: str) -> tuple[str, list[str]]:
     def sub(m: re.Match) -> str:
         name = m.group("name")
         if name not in RENDERERS:
-            unknown.append(name)
+            if name not in PENDING:
+                unknown.append(name)
             return m.group(0)
         body = RENDERERS[name]().rstrip("\n") + "\n"
         return m.group(1) + body + m.group(4)

@@ -13,10 +13,13 @@
    ≈0.66 reference); also image+date vs image probes (a stage-1 proxy for "does the date
    help"; the fused answer comes from stage 2 on the aligned table).
 
-    .venv/bin/python experiments/ucsc_stage1.py                  # defaults: lr 1e-4, ≤100 epochs
-    .venv/bin/python experiments/ucsc_stage1.py --lr 1e-3 --epochs 40 --tag lr1e-3
+    .venv/bin/python experiments/ucsc_stage1.py                  # seeds 0, 1, 2; lr 1e-4, ≤100 epochs
+    .venv/bin/python experiments/ucsc_stage1.py --seeds 0 --lr 1e-3 --epochs 40 --tag lr1e-3
 
-Figures go to ``experiments/out/ucsc_stage1_metrics[_TAG].json`` and stdout.
+Seed 0's aligned table is ``experiments/out/ucsc_aligned.parquet`` (the input of
+``experiments/ucsc_eval.py``). The default run writes its summary to
+``experiments/results/ucsc_stage1.json`` (rendered into docs/STAGE1.md and docs/RESULTS.md);
+a ``--tag``ged variant writes ``experiments/out/ucsc_stage1_metrics_TAG.json`` only.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from docgen import load_result, renderer, save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ucsc-plants"
@@ -46,23 +50,29 @@ SPEC = {
 }
 
 
-def build_features(data: Path, out: Path, seed: int, tag: str = "") -> Path:
-    """Embed text and date, add the image features and the split; return the table path."""
-    from sklearn.model_selection import train_test_split
-
-    from prom3e.data.table import vectors_to_arrow
+def embed_text_date(data: Path, out: Path) -> tuple[pa.Table, float]:
+    """Embed the taxonomic text and the date of every observation (once for all seeds)."""
     from prom3e.encoders.embed import embed
     from prom3e.encoders.spec import parse_spec
-    from prom3e.io import atomic_write
 
+    t0 = time.time()
     td_path = out / "ucsc_text_date.parquet"
     s = embed(data / "observations.csv", parse_spec(SPEC, "ucsc_stage1.SPEC"), td_path)
     print("\n".join(s.lines()))
-    t = pq.read_table(td_path)
+    return pq.read_table(td_path), time.time() - t0
+
+
+def build_features(data: Path, out: Path, t: pa.Table, seed: int, tag: str = "") -> Path:
+    """The text/date table plus the image features and the seed's split; return the table path."""
+    from sklearn.model_selection import train_test_split
+
+    from prom3e.data.table import vectors_to_arrow
+    from prom3e.io import atomic_write
+
     img = np.load(data / "image_effnet_lite0_f16.npy").astype(np.float32)
     rows = t.column("obs_row").to_numpy()
-    if len(img) != s.rows:
-        raise SystemExit(f"{data}: {len(img)} image rows but {s.rows} observations")
+    if len(img) != t.num_rows:
+        raise SystemExit(f"{data}: {len(img)} image rows but {t.num_rows} observations")
     labels = np.asarray(t.column(LABEL).to_pylist(), dtype=object)
     idx = np.arange(len(rows))
     _, test = train_test_split(idx, test_size=0.25, stratify=labels, random_state=seed)
@@ -125,6 +135,35 @@ def evaluate(features: Path, aligned: Path, seed: int) -> dict:
     return res
 
 
+def run_seed(args: argparse.Namespace, td: pa.Table, seed: int, tag: str) -> dict:
+    """Split, align on the training rows, evaluate on the hold-out: one seed."""
+    import torch
+
+    from prom3e.align.trainer import AlignConfig, align_file
+
+    torch.manual_seed(seed)
+    features = build_features(args.data, args.out, td, seed, tag)
+    aligned = args.out / f"ucsc_aligned{tag}.parquet"
+    cfg = AlignConfig(dim=args.dim, epochs=args.epochs, lr=args.lr,
+                      anchor_proj=args.anchor_proj, head=args.head, seed=seed)
+    t0 = time.time()
+    al = align_file(features, "image", aligned, args.out / f"ucsc_align{tag}", LABEL, cfg, "split=train",
+                    overwrite=True)
+    t_align = time.time() - t0
+    res = evaluate(features, aligned, seed)
+    res["config"] = {k: getattr(cfg, k) for k in ("dim", "epochs", "lr", "anchor_proj", "head",
+                                                  "hidden", "batch_size", "seed")}
+    res["dim"] = al.dim
+    res["align"] = {m: {k: r[k] for k in ("pairs", "best_epoch", "epochs_run", "val_top1")
+                        if k in r} for m, r in al.record["modalities"].items() if "pairs" in r}
+    res["seconds"] = {"align": round(t_align, 1)}
+    zs, lp = res["zeroshot_image_to_text"], res["probe_raw_image"]
+    print(f"seed {seed}: zero-shot image→text: acc {zs['acc']:.3f} (balanced {zs['balanced_acc']:.3f}, "
+          f"top-5 {zs['top5']:.3f}) vs linear probe on raw image {lp['acc']:.3f} "
+          f"(balanced {lp['balanced_acc']:.3f}); image+date probe {res['probe_raw_image_date']['acc']:.3f}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -134,46 +173,80 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchor-proj", default="pca")
     ap.add_argument("--dim", type=int, default=None, help="D (default: 512)")
     ap.add_argument("--head", default="mlp")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tag", default="", help="suffix for the aligned table and metrics")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    ap.add_argument("--tag", default="", help="a variant: suffix of its outputs; no result file is written")
     args = ap.parse_args(argv)
     if not (args.data / "observations.csv").exists():
-        print(f"{args.data}: ucsc-plants not found (see ../shared/data/README.md)",
-              file=sys.stderr)
+        print(f"{args.data}: ucsc-plants not found (see ../shared/data/README.md)", file=sys.stderr)
         return 1
-    import torch
-
-    from prom3e.align.trainer import AlignConfig, align_file
-
-    torch.manual_seed(args.seed)
+    seeds = [int(v) for v in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    tag = f"_{args.tag}" if args.tag else ""
-    features = build_features(args.data, args.out, args.seed, tag)
-    t_embed = time.time() - t0
-    aligned = args.out / f"ucsc_aligned{tag}.parquet"
-    cfg = AlignConfig(dim=args.dim, epochs=args.epochs, lr=args.lr,
-                      anchor_proj=args.anchor_proj, head=args.head, seed=args.seed)
-    t0 = time.time()
-    al = align_file(features, "image", aligned, args.out / f"ucsc_align{tag}", LABEL, cfg,
-                    "split=train")
-    t_align = time.time() - t0
-    res = evaluate(features, aligned, args.seed)
-    res["config"] = {k: getattr(cfg, k) for k in ("dim", "epochs", "lr", "anchor_proj", "head",
-                                                  "hidden", "batch_size", "seed")}
-    res["dim"] = al.dim
-    res["align"] = {m: {k: r[k] for k in ("pairs", "best_epoch", "epochs_run", "val_top1")
-                        if k in r} for m, r in al.record["modalities"].items() if "pairs" in r}
-    res["seconds"] = {"embed": round(t_embed, 1), "align": round(t_align, 1)}
-    path = args.out / f"ucsc_stage1_metrics{tag}.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
-    zs, lp = res["zeroshot_image_to_text"], res["probe_raw_image"]
-    print(f"\nzero-shot image→text: acc {zs['acc']:.3f} (balanced {zs['balanced_acc']:.3f}, "
-          f"top-5 {zs['top5']:.3f}) vs linear probe on raw image {lp['acc']:.3f} "
-          f"(balanced {lp['balanced_acc']:.3f}); image+date probe "
-          f"{res['probe_raw_image_date']['acc']:.3f}")
+    td, t_embed = embed_text_date(args.data, args.out)
+    per_seed = {}
+    for seed in seeds:
+        suffix = f"_{args.tag}" if args.tag else ("" if seed == 0 else f"_seed{seed}")
+        per_seed[str(seed)] = run_seed(args, td, seed, suffix)
+    result = {"command": "python experiments/ucsc_stage1.py" + (f" --seeds {args.seeds}" if args.seeds != "0,1,2"
+                                                                else ""),
+              "embed_seconds": round(t_embed, 1), "seeds": per_seed}
+    if args.tag:
+        path = args.out / f"ucsc_stage1_metrics_{args.tag}.json"
+        path.write_text(json.dumps(result, indent=1))
+    else:
+        path = save_result(NAME, result)
+    print(f"wrote {path}")
     return 0
+
+
+NAME = "ucsc_stage1"
+ROWS = (("zero-shot image → text, top-1", "zeroshot_image_to_text", "acc"),
+        ("zero-shot, balanced (macro recall)", "zeroshot_image_to_text", "balanced_acc"),
+        ("zero-shot, top-5", "zeroshot_image_to_text", "top5"),
+        ("linear probe, raw image, top-1", "probe_raw_image", "acc"),
+        ("linear probe, raw image, balanced", "probe_raw_image", "balanced_acc"),
+        ("linear probe, raw image + date, top-1", "probe_raw_image_date", "acc"),
+        ("linear probe, date alone, top-1", "probe_date_only", "acc"))
+
+
+def _mean(r: dict, group: str, key: str) -> float:
+    return float(np.mean([s[group][key] for s in r["seeds"].values()]))
+
+
+@renderer("ucsc-stage1")
+def _table() -> str:
+    r = load_result(NAME)
+    seeds = list(r["seeds"])
+    first = r["seeds"][seeds[0]]
+    lines = [f"| hold-out ({first['n_test']:,} of {first['n_train'] + first['n_test']:,} rows, "
+             f"{first['n_classes']} species) | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---" * (len(seeds) + 2) + "|"]
+    for label, group, key in ROWS:
+        vals = [r["seeds"][s][group][key] for s in seeds]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | **{np.mean(vals):.3f}** |")
+    stops = "; ".join(f"seed {s}: text head best epoch {r['seeds'][s]['align']['text']['best_epoch']} of "
+                      f"{r['seeds'][s]['align']['text']['epochs_run']} run" for s in seeds
+                      if "text" in r["seeds"][s]["align"])
+    cfg = first["config"]
+    align = ", ".join(f"{r['seeds'][s]['seconds']['align']:.0f}" for s in seeds)
+    probes = ", ".join(f"{r['seeds'][s]['probe_seconds']:.0f}" for s in seeds)
+    return "\n".join(lines) + (
+        f"\n\n`{r['command']}`: lr {cfg['lr']:g}, ≤ {cfg['epochs']} epochs, D = {first['dim']}, anchor projection "
+        f"`{cfg['anchor_proj']}`, `{cfg['head']}` heads ({stops}). Times at 1 thread on 2 shared cores: embedding "
+        f"the text and date of every row {r['embed_seconds']:.0f} s (once), alignment {align} s, probes {probes} s.")
+
+
+@renderer("ucsc-stage1-summary")
+def _summary() -> str:
+    r = load_result(NAME)
+    m = lambda g, k: _mean(r, g, k)  # noqa: E731
+    return (f"Zero-shot species accuracy from image alone through the aligned text space (25 % stratified "
+            f"hold-out, alignment trained on the other 75 %, seeds {', '.join(r['seeds'])}): "
+            f"**{m('zeroshot_image_to_text', 'acc'):.3f}** top-1 (balanced "
+            f"{m('zeroshot_image_to_text', 'balanced_acc'):.3f}, top-5 {m('zeroshot_image_to_text', 'top5'):.3f}), "
+            f"vs a linear probe on the raw 1280-d image features {m('probe_raw_image', 'acc'):.3f} (balanced "
+            f"{m('probe_raw_image', 'balanced_acc'):.3f}). Image + date in a probe: "
+            f"{m('probe_raw_image_date', 'acc'):.3f} vs image {m('probe_raw_image', 'acc'):.3f}; date alone "
+            f"{m('probe_date_only', 'acc'):.3f}.")
 
 
 if __name__ == "__main__":

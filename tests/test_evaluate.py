@@ -264,3 +264,28 @@ def test_cli_modalities_leave_out_columns(tiny_run, small_table, tmp_path, capsy
     assert "5 row(s) have none of" in capsys.readouterr().out
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["settings"]["modalities"] == [x for x in t.modalities]
+
+
+def test_one_config_one_result_and_tasks_independent(table):
+    """run_suite(EvalConfig) is evaluate(**options); each task's numbers are the same alone as
+    beside the others (the shared per-set encoding changes nothing), on a real model."""
+    from prom3e.api import Fuser
+    from prom3e.models.prom3e import Prom3e, named_config
+    from prom3e.tasks.eval_config import EvalConfig
+    from prom3e.tasks.evaluate import run_suite
+
+    torch.manual_seed(0)
+    fuser = Fuser(Prom3e(named_config("tiny", table.modalities, table.dims)))
+    kw = dict(label="species", visible=[["image"], ["loc", "sat"]], max_subset_size=2, max_fit=200, max_test=200,
+              threads=1, plots=False)
+    full = evaluate(fuser, table, **kw)
+    assert run_suite(fuser, table, EvalConfig(**kw)) == full
+    for task in ("retrieval", "zeroshot", "probe", "uncertainty", "gap"):
+        alone = evaluate(fuser, table, **kw, tasks=[task])
+        if task == "uncertainty":  # σ's calibration pools the retrieval pairs: none without retrieval
+            assert alone[task].pop("calibration")["n"] == 0
+            assert full[task].pop("calibration")["n"] > 0
+        assert alone[task] == full[task], task
+        assert set(alone) == {"schema_version", "settings", task, "claims"}
+    with pytest.raises(Prom3eError, match="evaluation option 'class_prototypes': give a table or a path"):
+        EvalConfig(class_prototypes=3)

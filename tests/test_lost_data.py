@@ -238,3 +238,21 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
     train(small_table, run, cfg, resume=True, progress=False)
     assert [json.loads(r)["epoch"] for r in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
     assert snapshot(run / "last")["model.safetensors"] == snapshot(tmp_path / "straight" / "last")["model.safetensors"]
+
+
+def test_replace_dir_swaps_a_folder_in_or_leaves_it_as_it_was(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+
+    def fails(folder):
+        (folder / "half.txt").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        io.replace_dir(out, fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary folder left
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    io.replace_dir(out, lambda folder: (folder / "new.txt").write_text("new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the old folder removed
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]

@@ -67,7 +67,7 @@ def test_gap_has_axis_labels_and_scores(figures):
 
 
 def test_sigma_shows_the_clip_floor(figures):
-    from prom3e.tasks.evaluate import sigma_l1_floor
+    from prom3e.tasks.uncertainty import sigma_l1_floor
 
     figs, m, fuser = figures
     cfg = fuser.model.cfg

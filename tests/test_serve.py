@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from prom3e.api import Fuser  # noqa: E402
 from prom3e.data.table import read_table  # noqa: E402
 from prom3e.errors import Prom3eError  # noqa: E402
+from prom3e.metrics import l2n  # noqa: E402
 from prom3e.serve.app import create_app  # noqa: E402
 from prom3e.serve.service import ServeConfig, Service  # noqa: E402
 from prom3e.tasks import uncertainty as unc  # noqa: E402
-from prom3e.tasks.common import l2n  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ def test_evaluate_refuses_to_report_on_nothing(tiny_run, small_table, tmp_path, 
 
 def test_claims_without_data_say_so():
     from prom3e.commands.evaluate import headline
-    from prom3e.tasks.claims import claims
+    from prom3e.tasks.claims import claims, worded
     from prom3e.viz.report import render
 
     m = {"settings": {"n_test": 400}, "retrieval": {"pairs": [], "summary": {}}}
@@ -242,7 +242,13 @@ def test_claims_without_data_say_so():
     lines = headline({"claims": {"inversion_beats_cross_r1": c}})
     assert lines == ["claim inversion_beats_cross_r1: not enough data (n = 0: no case to compare)"]
     assert "does not hold" not in " ".join(lines)
-    assert callable(render)
+    settings = {"n_rows": 10, "n_fit": 5, "n_test": 5, "seed": 0, "label": None, "n_classes": 0,
+                "class_modality": None, "modalities": ["image"], "delta_grid": [0.0, 1.0], "split_column": None,
+                "fit_frac": 0.5, "max_fit": None, "max_test": None}
+    report = render({"settings": settings, "claims": {"inversion_beats_cross_r1": c}}, {},
+                    claim_rows=worded({"inversion_beats_cross_r1": c}))
+    row = next(line for line in report.splitlines() if line.startswith("| inversion beats cross-modal"))
+    assert "| not enough data |" in row and "yes" not in row and "| no |" not in row
 
 
 def test_tiny_table_cannot_train(small_table, tmp_path, capsys):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from prom3e.data.labels import encode_labels
 from prom3e.data.table import ModalTable
-from prom3e.metrics import dedup_gallery
+from prom3e.metrics import dedup_gallery, spearman
 from prom3e.tasks import gap, retrieval, uncertainty, zeroshot
-from prom3e.tasks.common import encode_labels, spearman, stratified_split, stratified_subsample, visible_sets
+from prom3e.tasks.common import stratified_split, stratified_subsample, visible_sets
 from prom3e.tasks.oracle import OracleFuser
 from prom3e.tasks.probe import linear_probe, probe
 
@@ -309,7 +310,7 @@ def test_encode_labels_missing_values():
 def test_average_ranks_match_scipy():
     from scipy.stats import rankdata
 
-    from prom3e.tasks.common import average_ranks
+    from prom3e.metrics import average_ranks
 
     x = np.random.default_rng(15).integers(0, 6, 40).astype(float)
     assert np.array_equal(average_ranks(x), rankdata(x))

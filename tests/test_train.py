@@ -13,7 +13,6 @@ import torch
 
 from prom3e.api import Fuser
 from prom3e.cli import main
-from prom3e.data.table import read_table
 from prom3e.errors import Prom3eError
 from prom3e.train.loop import TrainConfig, train
 
@@ -185,11 +184,30 @@ def test_train_options_are_checked(small_parquet, tmp_path, capsys):
     assert "no label column 'nope'" in err
 
 
-def test_label_aware_training_runs(small_table, tmp_path):
-    s = train(small_table, tmp_path / "l", TrainConfig(epochs=1, label_column="species", **FAST),
-              progress=False)
-    assert s["epochs"] == 1
-    assert read_table  # the table API stays importable alongside training
+def test_label_aware_training_gives_the_loss_class_codes(small_table, tmp_path, monkeypatch):
+    """With --label, every step's loss gets the rows' class ids; an unlabelled row gets −1
+    (no class: never anybody's positive), not a class of its own."""
+    from prom3e.models.prom3e import Prom3e
+
+    seen: list[torch.Tensor | None] = []
+    forward = Prom3e.forward
+
+    def spy(self, x, visible, targets, labels=None, *args, **kwargs):
+        seen.append(None if labels is None else labels.detach().cpu().clone())
+        return forward(self, x, visible, targets, labels, *args, **kwargs)
+
+    monkeypatch.setattr(Prom3e, "forward", spy)
+    t = small_table.take(np.arange(len(small_table)))
+    species = np.asarray(t.label("species"), dtype=object).copy()
+    species[::10] = None
+    t.meta["species"] = species
+    s = train(t, tmp_path / "l", TrainConfig(epochs=1, label_column="species", **FAST), progress=False)
+    assert s["epochs"] == 1 and seen and all(v is not None for v in seen)
+    labels = torch.cat(seen)  # type: ignore[arg-type]
+    assert 0.5 * s["train_rows"] <= len(labels) <= s["train_rows"]
+    assert 0.05 < float((labels == -1).double().mean()) < 0.15  # the 10 % unlabelled rows
+    codes = labels[labels >= 0]
+    assert len(codes.unique()) == len(set(species[species != None])) and int(codes.max()) < 20  # noqa: E711
 
 
 def test_fuser_chains_stage1_heads_on_raw_features(tmp_path, small_table):

@@ -209,8 +209,10 @@ class Fuser:
         check_args(Fuser.reconstruct, {"targets": targets, "visible": visible, "n_samples": n_samples, "seed": seed,
                                        "batch_size": batch_size, "return_samples": return_samples,
                                        "return_sigma": return_sigma}, _BOUNDS, "Fuser.reconstruct")
-        targets = list(targets) if targets is not None else self.modalities
-        mods = [self._index(t) for t in targets]
+        targets = list(dict.fromkeys(targets)) if targets is not None else self.modalities
+        # decoded in the model's modality order: its stacked decoders read a complete set of
+        # modalities as 0..M-1 (a permuted complete set would get each other's decoders)
+        mods = sorted(self._index(t) for t in targets)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out: dict[str, list[torch.Tensor]] = {}
         for x, vis in self._chunks(batch, visible, batch_size):
@@ -222,12 +224,13 @@ class Fuser:
                     mean, draws = self.model.decode(post.mu, mods), None
             if return_sigma:
                 out.setdefault("sigma_l1", []).append(post.sigma_l1.float().cpu())
-            for t, (name, m) in enumerate(zip(targets, mods, strict=True)):
-                d = self.dims[m]
+            for t, m in enumerate(mods):
+                name, d = self.modalities[m], self.dims[m]
                 out.setdefault(name, []).append(mean[t, :, :d].float().cpu())
                 if return_samples and draws is not None:
                     out.setdefault(f"{name}:samples", []).append(draws[t, ..., :d].float().cpu())
-        return {k: torch.cat(v, dim=1 if k.endswith(":samples") else 0) for k, v in out.items()}
+        keys = [k for k in ("sigma_l1", *(f"{n}{s}" for n in targets for s in ("", ":samples"))) if k in out]
+        return {k: torch.cat(out[k], dim=1 if k.endswith(":samples") else 0) for k in keys}
 
     def features(self, batch: Batch, visible: Sequence[str] | None = None,
                  batch_size: int = 1024) -> dict[str, torch.Tensor]:

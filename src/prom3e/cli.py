@@ -1,8 +1,9 @@
 """The ``prom3e`` command line: thin; each subcommand lives in ``prom3e.commands.<name>``.
 
 A command module defines ``add_parser(subparsers)``; the parser's ``func`` is called with
-the parsed arguments. Command modules import heavy libraries inside ``func`` only, so
-``prom3e --help`` is instant.
+the parsed arguments. Command modules import heavy libraries (torch, numpy, pyarrow, and the
+prom3e modules that import them) inside ``func`` only, everything else at the top, so
+``prom3e --help`` is instant (``tests/test_layers.py`` checks it).
 """
 
 from __future__ import annotations

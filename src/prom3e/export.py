@@ -20,12 +20,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from prom3e.errors import Prom3eError
 from prom3e.hub import resolve_folder
+from prom3e.io import replace_dir
 
 TAGS = ["prom3e", "multimodal", "missing-modalities", "probabilistic-embeddings", "ecology"]
 
@@ -181,9 +181,7 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, *, aligner: str
                       aligner=aligner_info, license=license, dataset=dataset,
                       features=None if features is None else Path(features).name)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         for f in ("config.json", "schema.json", "metrics.json"):
             if (run_dir / f).exists():
                 shutil.copyfile(run_dir / f, tmp / f)
@@ -199,26 +197,5 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, *, aligner: str
         if encoders:
             (tmp / "encoders.json").write_text(json.dumps(encoders, indent=1) + "\n")
         (tmp / "README.md").write_text(card)
-        tmp.chmod(0o777 & ~_umask())
-        old = None
-        if out.exists():  # --overwrite: swap in, then remove the old folder
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if old is not None:
-                old.rename(out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return replace_dir(out, write)  # --overwrite: swapped in, then the old folder removed

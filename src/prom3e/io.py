@@ -56,6 +56,34 @@ def write_text(path: PathLike, text: str) -> None:
 
 # --- atomic directories ------------------------------------------------------------------
 
+def replace_dir(out: PathLike, write: Callable[[Path], None]) -> Path:
+    """Write the plain folder ``out`` with ``write(folder)``: filled under a hidden temporary
+    name, then swapped in (an existing ``out`` is renamed aside first and removed after), so a
+    failure leaves ``out`` as it was. Returns ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent))
+    try:
+        write(tmp)
+        tmp.chmod(0o777 & ~_umask())
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if old is not None:
+                old.rename(out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def _hidden_prefix(link: Path) -> str:
     return f".{link.name}-"
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from prom3e.commands.common import add_common, add_overwrite, count, int_list, number, number_list, subparser
+from prom3e.errors import Prom3eError
+from prom3e.io import check_output_dir
+from prom3e.methods import METHODS
 
 EXAMPLES = """\
   prom3e synth --out synth.parquet
@@ -17,8 +20,6 @@ OUTPUTS = ("results*",)  # results.json, results.md, results.png (and partial re
 
 
 def add_parser(sub) -> None:
-    from prom3e.methods import METHODS
-
     p = subparser(sub, "benchmark", "Compare ProM3E, CMPT, AOEPT, MoE-Retriever and baselines on a table.",
                   EXAMPLES)
     p.add_argument("--data", required=True, help="Parquet table (the data contract)")
@@ -50,8 +51,6 @@ def add_parser(sub) -> None:
 def parse_options(items: list[str]) -> dict[str, dict]:
     import yaml
 
-    from prom3e.errors import Prom3eError
-
     out: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -66,13 +65,12 @@ def run(args) -> int:
     import numpy as np
     import torch
 
+    from prom3e.data.labels import encode_labels
     from prom3e.data.table import read_table
-    from prom3e.errors import Prom3eError
-    from prom3e.io import check_output_dir
-    from prom3e.methods import METHODS, FitConfig
+    from prom3e.methods import FitConfig
     from prom3e.methods.benchmark import BenchConfig, run_benchmark, write_outputs
     from prom3e.runtime import resolve_device
-    from prom3e.tasks.common import encode_labels, stratified_subsample
+    from prom3e.tasks.common import stratified_subsample
 
     resolve_device(args.device)  # fail early on --device cuda without CUDA
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

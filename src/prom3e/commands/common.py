@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def add_common(p: argparse.ArgumentParser, seed: bool = True, device: bool = True,
@@ -35,8 +37,6 @@ class _Deprecated(argparse.Action):
     """``--no-progress``: sets ``quiet`` and says on stderr that ``--quiet`` replaces it."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        import sys
-
         print(f"{parser.prog}: {option_string} is deprecated; use --quiet", file=sys.stderr)
         setattr(namespace, self.dest, True)
 
@@ -85,28 +85,22 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
 
 def int_list(minimum: int = 0) -> Callable[[str], list[int]]:
     """An argparse type: comma-separated integers ≥ ``minimum`` (``1.7`` is refused, not truncated)."""
-    one = count(minimum)
-
-    def parse(text: str) -> list[int]:
-        items = [v.strip() for v in text.split(",") if v.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
-        return [one(v) for v in items]
-    parse.__name__ = "integer list"
-    return parse
+    return _list_of(count(minimum), "integers", "integer list")
 
 
 def number_list(low: float | None = None, high: float | None = None, high_open: bool = False
                 ) -> Callable[[str], list[float]]:
     """An argparse type: comma-separated finite numbers in a range."""
-    one = number(low, high, high_open=high_open)
+    return _list_of(number(low, high, high_open=high_open), "numbers", "number list")
 
-    def parse(text: str) -> list[float]:
-        items = [v.strip() for v in text.split(",") if v.strip()]
+
+def _list_of(one: Callable[[str], Any], what: str, name: str) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        items = names(text)
         if not items:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got '{text}'")
         return [one(v) for v in items]
-    parse.__name__ = "number list"
+    parse.__name__ = name
     return parse
 
 

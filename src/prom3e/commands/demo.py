@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
+from prom3e.commands.evaluate import headline
+from prom3e.io import check_output_dir, remove_products
 
 EXAMPLES = """\
   prom3e demo                       # writes demo-output/
@@ -29,15 +34,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import time
-    from pathlib import Path
-
     import numpy as np
 
     from prom3e.api import Fuser
     from prom3e.data.synthetic import SynthConfig, generate_table
     from prom3e.data.table import write_parquet
-    from prom3e.io import check_output_dir, remove_products
     from prom3e.tasks.evaluate import evaluate
     from prom3e.train.loop import TrainConfig, train
 
@@ -67,18 +68,3 @@ def run(args) -> int:
     for line in headline(metrics):
         print("   ", line)
     return 0
-
-
-def headline(metrics: dict) -> list[str]:
-    """A few lines worth printing from the evaluation metrics."""
-    lines = []
-    r = metrics.get("retrieval", {}).get("summary", {})
-    for key in ("r1_cross_mean", "r1_reconstruction_mean", "r1_inversion_mean"):
-        if r.get(key) is not None:
-            lines.append(f"retrieval {key}: {r[key]:.3f}")
-    from prom3e.commands.evaluate import verdict
-
-    for name, ok in metrics.get("claims", {}).items():
-        if isinstance(ok, dict) and "holds" in ok:
-            lines.append(f"claim '{name}': {verdict(ok)}")
-    return lines

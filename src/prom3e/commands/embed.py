@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, subparser
+from prom3e.distributed import world_from_env
+from prom3e.errors import Prom3eError
 
 EXAMPLES = """\
   prom3e embed --observations obs.csv --spec embed.yaml --out features.parquet
@@ -57,8 +59,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prom3e.errors import Prom3eError
-
     if args.list_encoders:
         from prom3e.encoders.registry import list_encoders
 
@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from prom3e.data.dataset import is_dataset
-    from prom3e.distributed import world_from_env
     from prom3e.encoders.embed import embed
     from prom3e.encoders.spec import load_spec
 

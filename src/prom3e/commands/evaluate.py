@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
+from prom3e.io import check_output_dir
 
 EXAMPLES = """\
   prom3e evaluate --model runs/synth --data test.parquet --label species --out eval/
@@ -70,11 +74,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from prom3e.api import Fuser
     from prom3e.data.dataset import is_dataset
-    from prom3e.io import check_output_dir
     from prom3e.tasks.evaluate import OUTPUTS, evaluate
 
     check_output_dir(args.out, products=OUTPUTS, overwrite=args.overwrite,
@@ -125,8 +126,6 @@ def _read(path: str, modalities: list[str] | None, class_modality: str | None):
 
 def _command_line(args) -> str:
     """The command as given (canonical order, non-default options only), for the report."""
-    import shlex
-
     parts = ["prom3e", "evaluate", "--model", args.model, "--data", args.data, "--out", args.out]
     defaults = {"max_visible": 2, "class_modality": "auto", "fit_frac": 0.5, "max_fit": 2000,
                 "max_test": 2000, "max_subset_size": 3, "batch_size": 1024, "seed": 0, "device": "auto",
@@ -144,7 +143,9 @@ def _command_line(args) -> str:
 
 
 def headline(metrics: dict) -> list[str]:
-    """The numbers worth a line on the terminal."""
+    """The numbers worth a line on the terminal (``prom3e evaluate`` and ``prom3e demo``)."""
+    from prom3e.tasks.claims import verdict
+
     lines = []
     r = metrics.get("retrieval", {}).get("summary")
     if r and r.get("r1_inversion_mean") is not None:
@@ -164,13 +165,6 @@ def headline(metrics: dict) -> list[str]:
     if nonfinite:
         lines.append(f"warning: {nonfinite} reconstruction(s) held NaN/inf (each scored as a miss)")
     return lines
-
-
-def verdict(claim: dict) -> str:
-    """``holds`` / ``does not hold`` / ``not enough data (…)`` for one claim."""
-    if claim.get("holds") is None:
-        return f"not enough data ({claim.get('reason', 'n = 0')})"
-    return "holds" if claim["holds"] else "does not hold"
 
 
 def _f(v) -> str:

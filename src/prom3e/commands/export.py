@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prom3e.commands.common import subparser
+from prom3e.export import export_model
 
 EXAMPLES = """\
   prom3e export --model runs/ucsc --out exports/ucsc-prom3e --license cc-by-4.0
@@ -43,8 +44,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from prom3e.export import export_model
-
     out = export_model(args.model, args.out, aligner=args.aligner, features=args.data, evaluation=args.eval,
                        license=args.license, name=args.name, dataset=args.dataset, which=args.which,
                        overwrite=args.overwrite)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prom3e.commands.common import add_overwrite, subparser
+from prom3e.io import check_output_file
 
 EXAMPLES = """\
   prom3e import-npy --npy embeddings.npy --out table.parquet
@@ -20,7 +21,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from prom3e.data.table import import_npy, write_parquet
-    from prom3e.io import check_output_file
 
     check_output_file(args.out, inputs=[args.npy], overwrite=args.overwrite)
     t = import_npy(args.npy)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import time
+import warnings
+
 from prom3e.commands.common import add_overwrite, add_quiet, count, subparser
+from prom3e.errors import Prom3eError
+from prom3e.io import check_output_file
 
 EXAMPLES = """\
   prom3e index build --data gallery.parquet --column text --out text.index.safetensors
@@ -38,20 +44,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-    import time
-    import warnings
-
     import numpy as np
     import pyarrow as pa
     import torch
 
     from prom3e.data.dataset import Dataset, is_dataset
     from prom3e.data.table import read_column, write_parquet
-    from prom3e.errors import Prom3eError
     from prom3e.index import GalleryIndex
     from prom3e.index.gallery import IndexAdvice
-    from prom3e.io import check_output_file
 
     if args.action == "search" and not args.index:
         raise Prom3eError("search needs --index (a file written by 'prom3e index build')")

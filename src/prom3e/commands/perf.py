@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 from prom3e.commands.common import add_overwrite, count, int_list, number, subparser
+from prom3e.errors import Prom3eError
+from prom3e.perf.e2e import bench_e2e
+from prom3e.perf.scale import bench_scale
 
 EXAMPLES = """\
   prom3e perf train --config paper --batch 1024 --threads 2
@@ -47,22 +53,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-    import sys
-
     if getattr(args, "command", None) == "bench":
         print("prom3e: 'prom3e bench' is deprecated; use 'prom3e perf' (same options)", file=sys.stderr)
 
     import torch
 
-    from prom3e.errors import Prom3eError
-
     if args.config is None:
         args.config = {"serve": "base", "scale": "tiny"}.get(args.what, "paper")
     torch.set_num_threads(args.threads)
     if args.what == "scale":
-        from prom3e.perf.scale import bench_scale
-
         if not args.data:
             raise Prom3eError("perf scale needs --data (a folder of parts: prom3e synth --out DIR --parts)")
         r = bench_scale(args.data, args.out, args.config, args.batch, args.threads, args.nproc,
@@ -118,8 +117,6 @@ def run(args) -> int:
             f"{k}: {v['requests_per_s']:.0f} req/s, p50 {v['latency_ms']['p50']:.1f} ms, p99 "
             f"{v['latency_ms']['p99']:.1f} ms, {v['errors']} errors" for k, v in r["results"].items())
     else:
-        from prom3e.perf.e2e import bench_e2e
-
         r = bench_e2e(args.out, ["--overwrite"] if args.overwrite else [], threads=args.threads)
         ttq = r.get("time_to_quality", {})
         summary = (f"prom3e demo ({r.get('model')} config, batch {r.get('batch_size')}, precision "

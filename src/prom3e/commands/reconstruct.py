@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from prom3e import distributed
 from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, subparser
+from prom3e.distributed import bind_gpu, world_from_env
+from prom3e.errors import Prom3eError
+from prom3e.io import check_output_file
 
 EXAMPLES = """\
   prom3e reconstruct --model runs/synth --data synth.parquet --target text --out text.parquet
@@ -37,16 +43,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     import numpy as np
 
     from prom3e.api import Fuser
     from prom3e.data.dataset import is_dataset
     from prom3e.data.table import read_table, write_parquet
-    from prom3e.distributed import bind_gpu, world_from_env
-    from prom3e.errors import Prom3eError
-    from prom3e.io import check_output_file
 
     bind_gpu()  # under torchrun: one GPU per process
     parts = args.parts or is_dataset(args.data) or world_from_env()[1] > 1
@@ -79,7 +80,6 @@ def _reconstruct(fuser, table, cols, args, seed: int, progress: bool = True):
     import pyarrow as pa
 
     from prom3e.data.table import vectors_to_arrow
-    from prom3e.errors import Prom3eError
     from prom3e.runtime import progress_bar
 
     t = fuser._index(args.target)
@@ -120,12 +120,8 @@ def _reconstruct(fuser, table, cols, args, seed: int, progress: bool = True):
 def _run_parts(args, fuser, cols) -> int:
     """A folder of parts in (or --parts): OUT is a folder of parts, one per chunk of input
     rows, resumable; under torchrun chunk k goes to rank k mod world (docs/SCALE.md)."""
-    from pathlib import Path
-
-    from prom3e import distributed
     from prom3e.data.dataset import Dataset
     from prom3e.data.parts import PartWriter, file_fingerprint
-    from prom3e.errors import Prom3eError
     from prom3e.runtime import progress_bar
 
     if args.part_rows < 1:

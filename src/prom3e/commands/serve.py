@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import os
+import sys
+from pathlib import Path
 
 from prom3e.commands.common import subparser
+from prom3e.errors import Prom3eError
 
 EXAMPLES = """\
   prom3e serve --model demo-output/run --gallery demo-output/test.parquet \\
@@ -22,8 +27,6 @@ Endpoints: GET /health /schema /examples; POST /encode /reconstruct /retrieve /c
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
-    from prom3e.errors import Prom3eError
-
     out: dict[str, str] = {}
     for v in values or []:
         name, sep, path = v.partition("=")
@@ -76,9 +79,6 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from pathlib import Path
-
-    from prom3e.errors import Prom3eError
     from prom3e.serve.service import ServeConfig
 
     if not 0 <= args.port <= 65535:
@@ -118,12 +118,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import os
-    import sys
-
-    from prom3e.errors import Prom3eError
-
     try:
         import uvicorn
 

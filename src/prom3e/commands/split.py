@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from prom3e.commands.common import add_overwrite, count, number, subparser
+from prom3e.errors import Prom3eError
+from prom3e.io import check_output_file
 
 EXAMPLES = """\
   prom3e split --data synth.parquet --label species --train train.parquet --test test.parquet
@@ -33,8 +36,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -42,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from prom3e.data.dataset import is_dataset
     from prom3e.data.labels import encode_labels
     from prom3e.data.table import write_parquet
-    from prom3e.errors import Prom3eError
-    from prom3e.io import check_output_file
     from prom3e.tasks.common import stratified_split
 
     if is_dataset(args.data) or Path(args.data).is_dir():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
+from prom3e.io import check_output_file
 
 EXAMPLES = """\
   prom3e synth --out data/synth.parquet
@@ -46,7 +48,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from prom3e.data.synthetic import SynthConfig, generate
     from prom3e.data.table import from_arrow, write_parquet
-    from prom3e.io import check_output_file
 
     mods = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     cfg = SynthConfig(
@@ -69,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_parts(cfg, args: argparse.Namespace) -> int:
-    import dataclasses
-
     import numpy as np
 
     from prom3e.data.parts import PartWriter

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
+from prom3e.config import load_mapping
 
 EXAMPLES = """\
   prom3e synth --out synth.parquet
@@ -58,15 +62,10 @@ def add_parser(sub) -> None:
 
 
 def load_options(path: str | None) -> dict:
-    from prom3e.config import load_mapping
-
     return load_mapping(path, "training options") if path else {}
 
 
 def run(args) -> int:
-    import os
-    from pathlib import Path
-
     from prom3e.data.dataset import Dataset, is_dataset
     from prom3e.data.table import read_table
     from prom3e.train import checkpoint as ckpt
@@ -110,8 +109,6 @@ def record_encoders(data: str, run: str, modalities: list[str]) -> None:
     """``RUN/encoders.json``: the encoder configs ``prom3e embed`` recorded in the training
     table's columns (a model trained straight on embed features; ``prom3e serve`` rebuilds
     them for raw inputs). Nothing is written for tables without them (e.g. aligned ones)."""
-    from pathlib import Path
-
     from prom3e.encoders.embed import encoder_configs
     from prom3e.train.checkpoint import write_json
 

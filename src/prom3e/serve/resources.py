@@ -26,8 +26,8 @@ import torch
 from prom3e.data.table import ModalTable, read_table
 from prom3e.errors import Prom3eError
 from prom3e.index import GalleryIndex
+from prom3e.metrics import l2n
 from prom3e.tasks import zeroshot as zs
-from prom3e.tasks.common import l2n
 
 DEFAULT_TEMPERATURE = 0.07
 CALIBRATION_ROWS = 2000

@@ -17,11 +17,11 @@ import torch
 
 from prom3e.api import Fuser
 from prom3e.errors import Prom3eError
+from prom3e.metrics import l2n
 from prom3e.serve.inputs import BadInput, RowParser
 from prom3e.serve.raw import build_raw_inputs
 from prom3e.serve.resources import Examples, Gallery, Prototypes, load_examples, load_galleries, load_prototypes
 from prom3e.tasks import uncertainty as unc
-from prom3e.tasks.common import l2n
 from prom3e.tasks.saved_probe import SavedProbe
 
 MAX_SUBSET_ROWS = 4096  # rows × subsets encoded for one /encode?subsets request

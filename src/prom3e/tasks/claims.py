@@ -1,8 +1,9 @@
-"""The paper's central claims, computed once from the evaluation metrics (rendered by ``viz``).
+"""The paper's central claims, computed once from the evaluation metrics and worded once.
 
 A claim holds when most of its cases agree. It gets no verdict (``holds: null`` and a
 ``reason``) when it has no case, or when the test part has fewer than ``MIN_TEST_ROWS``
-rows: a report never states a finding from too little data.
+rows: a report never states a finding from too little data. ``TITLES``, ``verdict`` and
+``evidence`` word them for the report, the terminal and the docs.
 """
 
 from __future__ import annotations
@@ -66,3 +67,45 @@ def claims(m: dict) -> dict:
             **_verdict(lower, m),
         }
     return out
+
+
+TITLES = {
+    "inversion_beats_cross_r1": "inversion beats cross-modal R@1 for most pairs",
+    "two_visible_beat_one_zeroshot": "two visible modalities beat the best one for zero-shot",
+    "hidden_probe_beats_reconstructed": "hidden-state probes beat reconstructed ones",
+    "adding_modality_lowers_sigma": "adding a modality lowers ‖σ‖₁",
+}
+
+
+def verdict(claim: dict, reason: bool = True) -> str:
+    """``holds`` / ``does not hold`` / ``not enough data`` (with its reason unless ``reason=False``)."""
+    if claim.get("holds") is None:
+        return f"not enough data ({claim.get('reason', 'n = 0')})" if reason else "not enough data"
+    return "holds" if claim["holds"] else "does not hold"
+
+
+def worded(c: dict) -> list[tuple[str, str, str]]:
+    """(claim, verdict, evidence) for each claim of :func:`claims`' result ``c``, in ``TITLES`` order."""
+    return [(title, verdict(c[name], reason=False), evidence(name, c[name])) for name, title in TITLES.items()
+            if name in c]
+
+
+def evidence(name: str, claim: dict) -> str:
+    """The cases behind a claim, in words (``name``: a key of :func:`claims`' result)."""
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.0f} %"
+
+    def of(n: int, what: str) -> str:
+        return f"of {n} {what}{'' if n == 1 else 's'}"
+
+    c = claim
+    if name == "inversion_beats_cross_r1":
+        return f"{pct(c['frac_better'])} {of(c['n'], 'pair')} better, {pct(c['frac_not_worse'])} not worse"
+    if name == "two_visible_beat_one_zeroshot":
+        return f"{pct(c['frac_better_than_best_single'])} {of(c['n'], 'pair')} beat their best single modality"
+    if name == "hidden_probe_beats_reconstructed":
+        return f"{pct(c['frac_better'])} {of(c['n'], 'visible set')}; μ alone {pct(c['frac_mu_better'])}"
+    if name == "adding_modality_lowers_sigma":
+        return (f"lower on average in {pct(c['frac_mean_lower'])} {of(c['n'], 'case')} of a visible set and an "
+                f"added modality; lower for {pct(c['mean_frac_rows_lower'])} of rows")
+    raise KeyError(f"unknown claim '{name}'")

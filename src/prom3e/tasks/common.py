@@ -13,8 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from prom3e.data.labels import encode_labels  # noqa: F401 - the one label encoder, re-exported
-from prom3e.metrics import average_ranks, l2n, spearman  # noqa: F401 - re-exported for the tasks
+from prom3e.data.labels import encode_labels  # noqa: F401 - re-exported for methods/benchmark.py only
 
 
 class FuserLike(Protocol):

@@ -1,12 +1,15 @@
-"""The options of :func:`prom3e.tasks.evaluate.evaluate`, validated as every config is
+"""The options of the evaluation suite (:func:`prom3e.tasks.evaluate.evaluate`, or
+:func:`~prom3e.tasks.evaluate.run_suite` with this config), validated as every config is
 (:mod:`prom3e.config`): wrong types and out-of-range values are refused in one line."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from prom3e.config import Options
+from prom3e.data.table import ModalTable
 from prom3e.tasks.retrieval import DELTA_GRID
 
 Task = Literal["retrieval", "zeroshot", "probe", "uncertainty", "gap"]
@@ -21,6 +24,7 @@ class EvalConfig(Options):
     targets: list[str] | None = None  # retrieval targets (default: every modality)
     max_visible: int = 2
     class_modality: str | None = "auto"  # a name, "auto" (detect) or None (no zero-shot)
+    class_prototypes: Any = None  # a ModalTable or a path: label column + class modality, one row per class
     tasks: list[Task] = field(default_factory=lambda: list(ALL_TASKS))
     seed: int = 0
     fit_frac: float = 0.5  # share of each class that chooses δ and fits the probes
@@ -34,6 +38,7 @@ class EvalConfig(Options):
     plots: bool = True
     progress: bool = False
     command: str | None = None  # the command line, for the report
+    settings: dict[str, Any] | None = None  # entries added to (or replacing) metrics["settings"]
 
     WHAT: ClassVar[str] = "evaluation option"
     BOUNDS: ClassVar[dict[str, str]] = {"max_visible": ">= 1", "seed": ">= 0", "fit_frac": "(0, 1)",
@@ -45,3 +50,5 @@ class EvalConfig(Options):
             self.fail("tasks", "give at least one task")
         if not self.delta_grid:
             self.fail("delta_grid", "give at least one δ")
+        if not isinstance(self.class_prototypes, ModalTable | str | os.PathLike | None):
+            self.fail("class_prototypes", f"give a table or a path, got {type(self.class_prototypes).__name__}")

@@ -15,129 +15,39 @@ Protocol (see ``docs/EVALUATION.md``):
 3. Uncertainty per subset up to ``max_subset_size``, "which modality next", and the
    modality gap of raw inputs vs hidden states vs reconstructions.
 4. ``metrics.json`` (atomic, stable keys, deterministic), ``report.md`` and PNG plots.
+
+The options travel as one :class:`~prom3e.tasks.eval_config.EvalConfig`
+(:func:`run_suite`); :func:`evaluate` is the keyword form of the same call. The shared state
+is :class:`~prom3e.tasks.eval_context.EvalContext`, the tasks are
+:mod:`prom3e.tasks.eval_tasks`, the paper's claims :mod:`prom3e.tasks.claims`, and
+:mod:`prom3e.viz.report` renders the result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from prom3e.data.table import ModalTable, read_table
-from prom3e.errors import Prom3eError
-from prom3e.metrics import dedup_gallery
+from prom3e.data.table import ModalTable
+from prom3e.io import write_text
 from prom3e.runtime import progress_bar
-from prom3e.tasks import gap as gap_mod
-from prom3e.tasks import probe as probe_mod
-from prom3e.tasks import uncertainty as unc
-from prom3e.tasks import zeroshot as zs
-from prom3e.tasks.claims import claims
-from prom3e.tasks.common import (
-    FuserLike,
-    encode_labels,
-    jsonable,
-    l2n,
-    mean_or_none,
-    spearman,
-    stratified_split,
-    stratified_subsample,
-    visible_sets,
-)
+from prom3e.tasks.claims import claims, worded
+from prom3e.tasks.common import FuserLike, jsonable
 from prom3e.tasks.eval_config import ALL_TASKS, EvalConfig
-from prom3e.tasks.retrieval import DELTA_GRID, PairData, evaluate_pair, query_mean
+from prom3e.tasks.eval_context import FIT_VALUES, EvalContext, Need, prepare
+from prom3e.tasks.eval_tasks import PROBE_FEATURES, TASKS, Task, TaskResult
+from prom3e.tasks.retrieval import DELTA_GRID
+from prom3e.viz.report import write_outputs
 
+__all__ = ["FIT_VALUES", "OUTPUTS", "PROBE_FEATURES", "SCHEMA_VERSION", "evaluate", "run_suite", "run_tasks"]
 SCHEMA_VERSION = 1
 OUTPUTS = ("metrics.json", "report.md", "*.png", "next_modality.csv")  # what an evaluation writes
-PROBE_FEATURES = ("raw", "mu", "tokens", "reconstruction")
-FIT_VALUES = ("train", "fit", "val", "validation")  # split-column values of the fit part
-
-
-@dataclass
-class _Split:
-    """Rows of one part of the split and its per-target galleries (built lazily)."""
-
-    name: str
-    rows: np.ndarray
-    galleries: dict[str, tuple[torch.Tensor, np.ndarray]] = field(default_factory=dict)
-
-
-@dataclass
-class _Run:
-    fuser: FuserLike
-    table: ModalTable
-    mods: list[str]
-    y: np.ndarray  # int64 [N] codes, −1 = no label
-    class_mod: str | None
-    protos: torch.Tensor | None
-    proto_classes: np.ndarray | None
-    grid: tuple[float, ...]
-    batch_size: int
-    seed: int
-    tasks: tuple[str, ...]
-    calib: list[dict] = field(default_factory=list)  # pooled σ / error / rank per pair
-
-    def raw(self, name: str, rows: np.ndarray) -> np.ndarray:
-        return self.table.features[self.table.index(name)][rows]
-
-    def has(self, name: str, rows: np.ndarray) -> np.ndarray:
-        return self.table.present[rows, self.table.index(name)]
-
-    def dim(self, name: str) -> int:
-        return self.table.dims[self.table.index(name)]
-
-    def gallery(self, split: _Split, t: str) -> tuple[torch.Tensor, np.ndarray]:
-        """Distinct t-embeddings of the split's rows, and each table row's gallery index."""
-        if t not in split.galleries:
-            rows = split.rows[self.has(t, split.rows)]
-            g, inv = dedup_gallery(self.raw(t, rows))
-            where = np.full(len(self.table), -1, np.int64)
-            where[rows] = inv.numpy()
-            split.galleries[t] = (g, where)
-        return split.galleries[t]
-
-
-def _resolve_sets(sets: Sequence[Sequence[str]] | None, mods: list[str], known: list[str],
-                  max_visible: int) -> list[tuple[str, ...]]:
-    if sets is None:
-        return visible_sets(mods, max_visible)
-    out = []
-    for s in sets:
-        s = tuple(s)
-        for n in s:
-            if n not in known:
-                raise Prom3eError(f"unknown modality '{n}' in visible set (the model knows: {', '.join(known)})")
-        if not s or len(set(s)) != len(s):
-            raise Prom3eError(f"visible set {'+'.join(s) or '(empty)'}: give distinct modality names")
-        out.append(tuple(n for n in known if n in s))  # model order: stable keys
-    return list(dict.fromkeys(out))
-
-
-def _prototypes(table: ModalTable, y: np.ndarray, classes: list[str], class_mod: str,
-                source: ModalTable | str | os.PathLike | None, label: str) -> tuple[torch.Tensor, np.ndarray, str]:
-    """Class prototypes: from a file (label column + class-modality column) or the table."""
-    if source is None:
-        has = table.present[:, table.index(class_mod)] & (y >= 0)
-        p, c = zs.class_prototypes(table.feature(class_mod)[has], y[has], len(classes))
-        return p, c, "table"
-    src = source if isinstance(source, ModalTable) else read_table(source)
-    emb = src.feature(class_mod)
-    names = np.asarray(src.label(label)).astype(str)
-    lookup = {c: i for i, c in enumerate(classes)}
-    extra = sorted(set(names) - set(lookup))  # classes unseen in the table: distractors
-    lookup |= {c: len(classes) + i for i, c in enumerate(extra)}
-    codes = np.array([lookup[n] for n in names], np.int64)  # one per class name: not per sample
-    ok = src.present[:, src.index(class_mod)]
-    p, c = zs.class_prototypes(emb[ok], codes[ok], len(lookup))
-    return p, c, str(getattr(src, "source", "file"))
 
 
 def evaluate(
@@ -181,11 +91,71 @@ def evaluate(
     1 is much faster on an oversubscribed machine, where multi-threaded small ops stall.
     ``settings``: entries added to (or replacing) ``metrics["settings"]``, for a caller that
     evaluates rows taken from a larger table (:mod:`prom3e.tasks.evaluate_dataset`).
+    Every option is an :class:`~prom3e.tasks.eval_config.EvalConfig` field (validated there).
     """
-    params = dict(locals())  # the arguments above, passed on unchanged
-    EvalConfig.from_dict({k: params[k] for k in EvalConfig.field_names()})  # refuse bad options
-    with _torch_threads(threads):
-        return _evaluate(**params)
+    config = EvalConfig.from_dict({
+        "label": label, "modalities": modalities, "visible": visible, "targets": targets,
+        "max_visible": max_visible, "class_modality": class_modality, "class_prototypes": class_prototypes,
+        "tasks": tasks, "seed": seed, "fit_frac": fit_frac, "split_column": split_column, "max_fit": max_fit,
+        "max_test": max_test, "max_subset_size": max_subset_size, "delta_grid": delta_grid,
+        "batch_size": batch_size, "threads": threads, "plots": plots, "progress": progress, "command": command,
+        "settings": settings,
+    })
+    return run_suite(fuser, table, config, out_dir)
+
+
+def run_suite(fuser: FuserLike, table: ModalTable | str | os.PathLike, config: EvalConfig,
+              out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """:func:`evaluate` with its options as one validated :class:`EvalConfig`."""
+    config.validate()
+    with _torch_threads(config.threads):
+        ctx = prepare(fuser, table, config)
+        results, extras = run_tasks(ctx, config)
+    metrics: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "settings": _settings(ctx, config),
+                               **{name: r.metrics for name, r in results.items()}}
+    metrics["claims"] = claims(metrics)
+    metrics = jsonable(metrics)
+    if out_dir is not None:
+        extras["claims"] = worded(metrics["claims"])
+        write_outputs(Path(out_dir), metrics, run_extras=extras, plots=config.plots, command=config.command)
+        write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def run_tasks(ctx: EvalContext, config: EvalConfig) -> tuple[dict[str, TaskResult], dict[str, Any]]:
+    """Run the configured tasks (in the suite's order) → ({name: result}, extras for the report).
+
+    Each visible set is encoded once, with what every task asks for it, and scored by each.
+    """
+    tasks: list[Task] = [cls(ctx, config) for name, cls in TASKS.items() if name in config.tasks]
+    total = len(ctx.sets) + sum(t.steps() for t in tasks)
+    with progress_bar(total=total, show=config.progress, desc="evaluate", unit="step") as ctx.progress:
+        for s in ctx.sets:
+            needs = [t.needs(s) for t in tasks]
+            need = Need.merge(needs)
+            if need is not None:
+                enc = ctx.encode_set(s, need)
+                for t, n in zip(tasks, needs, strict=True):
+                    if n is not None:
+                        t.score(enc)
+            ctx.step("+".join(s))
+        results = {t.name: t.result() for t in tasks}
+    ctx.progress = None
+    extras = {name: r.extras for name, r in results.items() if name in ("uncertainty", "gap")}
+    extras["calibration"] = ctx.calibration
+    return results, extras
+
+
+def _settings(ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
+    return {
+        "seed": cfg.seed, "label": cfg.label, "n_classes": len(ctx.classes), "class_modality": ctx.class_mod,
+        "prototypes": ctx.proto_source, "modalities": ctx.mods, "model_modalities": ctx.known,
+        "model_dims": list(ctx.fuser.dims), "stage1_heads": ctx.stage1,
+        "visible_sets": [list(s) for s in ctx.sets], "targets": ctx.targets, "tasks": list(cfg.tasks),
+        "n_rows": len(ctx.table), "fit_frac": cfg.fit_frac, "max_fit": cfg.max_fit, "max_test": cfg.max_test,
+        "split_column": cfg.split_column, "n_fit": len(ctx.fit.rows), "n_test": len(ctx.test.rows),
+        "max_subset_size": cfg.max_subset_size, "delta_grid": list(cfg.delta_grid), **(cfg.settings or {}),
+    }
 
 
 @contextlib.contextmanager
@@ -199,333 +169,3 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _evaluate(
-    fuser: FuserLike, table: ModalTable | str | os.PathLike, label: str | None, out_dir, *, modalities,
-    visible, targets, max_visible, class_modality, class_prototypes, tasks, seed, fit_frac, split_column,
-    max_fit, max_test, max_subset_size, delta_grid, batch_size, threads, plots, progress, command,
-    settings=None,
-) -> dict[str, Any]:
-    tasks = tuple(tasks)
-    if isinstance(table, str | os.PathLike):
-        table = read_table(table)
-    stage1 = getattr(fuser, "aligner", None) is not None
-    if stage1:
-        # raw encoder features + the fuser's stage-1 heads: map the table once, then evaluate
-        # everything (δ = 0 queries, galleries, probes) in the aligned space with the bare model
-        table = fuser.aligner.transform(table)
-        fuser = copy.copy(fuser)
-        fuser.aligner = None
-    table = table.check_schema(fuser.modalities, fuser.dims)
-    known = list(fuser.modalities)
-    in_table = [m for m in known if table.present[:, table.index(m)].any()]
-    mods = list(modalities) if modalities is not None else in_table
-    for m in mods:
-        if m not in known:
-            raise Prom3eError(f"unknown modality '{m}' (the model knows: {', '.join(known)})")
-    mods = [m for m in known if m in mods]
-    sets = _resolve_sets(visible, mods, known, max_visible)
-    tgts = [t for t in known if t in (targets if targets is not None else mods)]
-    for t in targets or []:
-        if t not in known:
-            raise Prom3eError(f"unknown target '{t}' (the model knows: {', '.join(known)})")
-
-    # labels, class modality, split
-    if label is not None:
-        y, classes = encode_labels(table.label(label))
-        if not (y >= 0).any():
-            raise Prom3eError(f"label column '{label}' has no value")
-    else:
-        y, classes = np.full(len(table), -1, np.int64), []
-    class_mod = None
-    if label is not None and class_modality == "auto":
-        class_mod = zs.detect_class_modality(table.features, table.present, table.modalities, y)
-    elif class_modality not in (None, "auto", "none"):
-        if class_modality not in known:
-            raise Prom3eError(f"class modality '{class_modality}' is not a model modality ({', '.join(known)})")
-        class_mod = class_modality
-    if split_column is not None:
-        part = np.asarray(table.label(split_column)).astype(str)
-        fit_rows, test_rows = np.flatnonzero(np.isin(part, FIT_VALUES)), np.flatnonzero(part == "test")
-        if not len(fit_rows) or not len(test_rows):
-            raise Prom3eError(f"split column '{split_column}': need rows marked 'test' and rows marked "
-                              f"{' / '.join(FIT_VALUES)}")
-    else:
-        fit_rows, test_rows = stratified_split(y, fit_frac, seed)
-    fit_rows = stratified_subsample(fit_rows, y, max_fit, seed + 1)
-    test_rows = stratified_subsample(test_rows, y, max_test, seed + 2)
-    _enough(table, fit_rows, test_rows, sets, tgts, tasks)
-    protos = proto_classes = None
-    proto_source = None
-    if class_mod is not None and label is not None and "zeroshot" in tasks:
-        protos, proto_classes, proto_source = _prototypes(table, y, classes, class_mod, class_prototypes, label)
-
-    run = _Run(fuser, table, mods, y, class_mod, protos, proto_classes, tuple(delta_grid),
-               batch_size, seed, tasks)
-    fit, test = _Split("fit", fit_rows), _Split("test", test_rows)
-    unc_sets = visible_sets(mods, max_subset_size) if "uncertainty" in tasks else []
-    next_sets = [s for s in unc_sets if len(s) < min(max_subset_size, len(mods))]
-    total = len(sets) + len(unc_sets) + len(next_sets) + (len(mods) if "gap" in tasks else 0)
-    bar = progress_bar(total=total, show=progress, desc="evaluate", unit="step")
-
-    per_set = []
-    for s in sets:
-        bar.set_postfix_str("+".join(s))
-        per_set.append(_visible_set(run, s, tgts, fit, test))
-        bar.update(1)
-
-    metrics: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "settings": {
-            "seed": seed, "label": label, "n_classes": len(classes), "class_modality": class_mod,
-            "prototypes": proto_source, "modalities": mods, "model_modalities": known,
-            "model_dims": list(fuser.dims), "stage1_heads": stage1,
-            "visible_sets": [list(s) for s in sets], "targets": tgts, "tasks": list(tasks),
-            "n_rows": len(table), "fit_frac": fit_frac, "max_fit": max_fit, "max_test": max_test,
-            "split_column": split_column, "n_fit": len(fit_rows), "n_test": len(test_rows),
-            "max_subset_size": max_subset_size, "delta_grid": list(run.grid),
-        },
-    }
-    metrics["settings"].update(settings or {})
-    extra: dict[str, Any] = {}
-    if "retrieval" in tasks:
-        metrics["retrieval"] = _retrieval_summary([p for r in per_set for p in r["retrieval"]])
-    if "zeroshot" in tasks:
-        metrics["zeroshot"] = _zeroshot_summary(run, [r["zeroshot"] for r in per_set if r["zeroshot"]])
-    if "probe" in tasks:
-        metrics["probe"] = _probe_summary([r["probe"] for r in per_set if r["probe"]], label)
-    if "uncertainty" in tasks:
-        metrics["uncertainty"], extra["uncertainty"] = _uncertainty(run, test, unc_sets, next_sets, bar)
-    if "gap" in tasks:
-        metrics["gap"], extra["gap"] = _gap(run, test, bar)
-    bar.close()
-    metrics["claims"] = claims(metrics)
-    metrics = jsonable(metrics)
-    if out_dir is not None:
-        from prom3e.viz.report import write_outputs, write_text
-
-        write_outputs(Path(out_dir), metrics, run_extras={**extra, "calibration": run.calib},
-                      plots=plots, command=command)
-        write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
-
-
-def _enough(table: ModalTable, fit_rows: np.ndarray, test_rows: np.ndarray, sets: list, tgts: list[str],
-            tasks: tuple[str, ...]) -> None:
-    """Refuse an evaluation that would report on nothing."""
-    if len(test_rows) == 0 or len(fit_rows) == 0:
-        raise Prom3eError(f"{table.source}: {len(table)} row(s) give {len(fit_rows)} fit and {len(test_rows)} test "
-                          "rows; an evaluation needs both (a bigger table, or --split-column)")
-    if "retrieval" in tasks and not any(t not in s for s in sets for t in tgts):
-        raise Prom3eError("nothing to retrieve: every target is visible in every visible set")
-
-
-# --- per visible set ----------------------------------------------------------------------
-
-def _encode(run: _Run, rows: np.ndarray, s: tuple[str, ...], targets: list[str], hidden: bool):
-    if len(rows) == 0:
-        return None, {}
-    batch = run.table.take(rows)
-    post = run.fuser.encode(batch, visible=list(s), hidden=hidden, batch_size=run.batch_size)
-    rec = run.fuser.reconstruct(batch, targets=targets, visible=list(s), batch_size=run.batch_size) \
-        if targets else {}
-    return post, {k: l2n(v) for k, v in rec.items()}
-
-
-def _visible_set(run: _Run, s: tuple[str, ...], targets: list[str], fit: _Split, test: _Split) -> dict:
-    """Retrieval, zero-shot and probe results (plus calibration data) of one visible set."""
-    c = run.class_mod
-    r_tgts = [t for t in targets if t not in s] if "retrieval" in run.tasks else []
-    do_zs = run.protos is not None and c not in s
-    do_probe = "probe" in run.tasks and (run.y >= 0).any() and c not in s
-    probe_tgts = [m for m in run.mods if m != c] if do_probe else []
-    need = list(dict.fromkeys(r_tgts + ([c] if do_zs else []) + probe_tgts))
-    rows = {sp.name: unc.rows_with(run.table, sp.rows, s) for sp in (fit, test)}
-    enc = {sp.name: _encode(run, rows[sp.name], s, need, hidden=do_probe) for sp in (fit, test)}
-    out: dict = {"retrieval": [], "zeroshot": None, "probe": None}
-    sigma_test = unc.sigma_l1(enc["test"][0]) if enc["test"][0] is not None else np.zeros(0)
-
-    for t in r_tgts:
-        data = {}
-        for sp in (fit, test):
-            r = rows[sp.name]
-            have = run.has(t, r)
-            g, where = run.gallery(sp, t)
-            q = None
-            if all(run.dim(v) == run.dim(t) for v in s):
-                q = query_mean([run.raw(v, r[have]) for v in s])
-            rec = enc[sp.name][1][t][torch.from_numpy(have)] if len(r) else torch.zeros(0, run.dim(t))
-            data[sp.name] = (PairData(q, rec, torch.from_numpy(where[r[have]]), g), have)
-        m, ranks = evaluate_pair(data["fit"][0], data["test"][0], run.grid)
-        have = data["test"][1]
-        rec = data["test"][0].recon
-        err = 1 - (rec * l2n(run.raw(t, rows["test"][have]))).sum(-1).numpy()
-        sig = sigma_test[have]
-        m["spearman_sigma_rank"] = spearman(sig, ranks.numpy())
-        m["spearman_sigma_recon_error"] = spearman(sig, err)
-        out["retrieval"].append({"visible": list(s), "target": t, **m})
-        run.calib.append({"visible": s, "target": t, "sigma": sig, "error": err, "rank": ranks.numpy()})
-
-    if do_zs:
-        res = {}
-        for sp in (fit, test):
-            r = rows[sp.name]
-            lab = run.y[r] >= 0
-            q = None
-            if all(run.dim(v) == run.dim(c) for v in s) and lab.any():
-                q = query_mean([run.raw(v, r[lab]) for v in s])
-            rec = enc[sp.name][1][c][torch.from_numpy(lab)] if len(r) else torch.zeros(0, run.dim(c))
-            res[sp.name] = (q, rec, run.y[r[lab]])
-        out["zeroshot"] = {"visible": list(s), **zs.evaluate_set(
-            *res["fit"], *res["test"], run.protos, run.proto_classes, run.grid)}
-
-    if do_probe:
-        feats, ys = {}, {}
-        for sp in (fit, test):
-            r = rows[sp.name]
-            lab = run.y[r] >= 0
-            post, rec = enc[sp.name]
-            ys[sp.name] = run.y[r[lab]]
-            if post is None:
-                feats[sp.name] = dict.fromkeys(PROBE_FEATURES, np.zeros((0, 1), np.float32))
-                continue
-            lt = torch.from_numpy(lab)
-            feats[sp.name] = {
-                "raw": np.concatenate([run.raw(v, r[lab]) for v in s], 1),
-                "mu": post.mu[lt].numpy(),
-                "tokens": post.hidden[lt].flatten(1).numpy() if post.hidden is not None else None,
-                "reconstruction": torch.cat([rec[m][lt] for m in probe_tgts], 1).numpy(),
-            }
-        res: dict[str, Any] = {"visible": list(s), "n_train": len(ys["fit"]), "n_test": len(ys["test"])}
-        for f in PROBE_FEATURES:
-            a, b = feats["fit"][f], feats["test"][f]
-            if a is None or b is None or len(ys["fit"]) == 0:
-                p = {"acc": None, "macro_f1": None}
-            else:
-                p = probe_mod.linear_probe(a, ys["fit"], b, ys["test"])
-            res[f"acc_{f}"], res[f"f1_{f}"] = p["acc"], p["macro_f1"]
-        out["probe"] = res
-    return out
-
-
-# --- summaries ----------------------------------------------------------------------------
-
-_KINDS = ("cross", "reconstruction", "inversion")
-
-
-def _means(items: list[dict], keys: Sequence[str]) -> dict[str, float | None]:
-    return {f"{k}_mean": mean_or_none([it[k] for it in items]) for k in keys}
-
-
-def _by_size(items: list[dict], keys: Sequence[str]) -> dict[str, dict]:
-    sizes = sorted({len(it["visible"]) for it in items})
-    return {str(k): {"n": sum(len(it["visible"]) == k for it in items),
-                     **_means([it for it in items if len(it["visible"]) == k], keys)} for k in sizes}
-
-
-def _retrieval_summary(pairs: list[dict]) -> dict:
-    keys = [f"r{k}_{kind}" for k in (1, 5, 10) for kind in _KINDS] + ["delta"]
-    return {"pairs": pairs, "summary": {"n_pairs": len(pairs), "n_nonfinite": sum(p["n_nonfinite"] for p in pairs),
-                                        **_means(pairs, keys),
-                                        "by_visible_size": _by_size(pairs, keys)}}
-
-
-def _zeroshot_summary(run: _Run, sets: list[dict]) -> dict:
-    keys = [f"{m}_{kind}" for m in ("top1", "top5", "macro") for kind in _KINDS] + ["delta"]
-    return {
-        "class_modality": run.class_mod,
-        "n_prototypes": int(len(run.proto_classes)) if run.proto_classes is not None else 0,
-        "sets": sets,
-        "summary": {"n_sets": len(sets), **_means(sets, keys), "by_visible_size": _by_size(sets, keys)},
-    }
-
-
-def _probe_summary(sets: list[dict], label: str | None) -> dict:
-    keys = [f"{m}_{f}" for m in ("acc", "f1") for f in PROBE_FEATURES]
-    return {"label": label, "sets": sets,
-            "summary": {"n_sets": len(sets), **_means(sets, keys), "by_visible_size": _by_size(sets, keys)}}
-
-
-def _uncertainty(run: _Run, test: _Split, subsets, next_sets, bar) -> tuple[dict, dict]:
-    sig = unc.sigma_by_subset(run.fuser, run.table, test.rows, subsets, run.batch_size, bar)
-    nxt = []
-    for s in next_sets:
-        bar.set_postfix_str("next " + "+".join(s))
-        nxt.append(unc.next_modality(run.fuser, run.table, test.rows, s, run.mods, sig, run.batch_size))
-        bar.update(1)
-    # pooled calibration over every retrieval pair
-    pooled = {}
-    if run.calib:
-        cat = {k: np.concatenate([c[k] for c in run.calib]) for k in ("sigma", "error", "rank")}
-        pooled = unc.calibration(cat["sigma"], cat["error"], cat["rank"])
-    # mean ‖σ‖₁ by subset size on the rows that have every subset of that size... kept simple:
-    by_size = {}
-    for k in sorted({len(s) for s in subsets}):
-        vals = [np.nanmean(v) for s, v in sig.items() if len(s) == k and np.isfinite(v).any()]
-        by_size[str(k)] = float(np.mean(vals)) if vals else None
-    metrics = {
-        "subsets": unc.summarize_subsets(sig),
-        "mean_sigma_l1_by_size": by_size,
-        "next": [{k: v for k, v in n.items() if not k.startswith("_")} for n in nxt],
-        "calibration": {
-            "pooled_spearman_recon_error": pooled.get("spearman_recon_error"),
-            "pooled_spearman_rank": pooled.get("spearman_rank"),
-            "n": int(sum(len(c["sigma"]) for c in run.calib)),
-        },
-    }
-    return metrics, {"sigma": sig, "next": nxt, "floor": sigma_l1_floor(run.fuser)}
-
-
-def sigma_l1_floor(fuser: FuserLike) -> float | None:
-    """The least ‖σ‖₁ the model can report, E·exp(−clip/2), where every logσ² sits at its
-    clip (a collapsed σ); ``None`` for a model without that clip."""
-    cfg = getattr(getattr(fuser, "model", None), "cfg", None)
-    clip, dim = getattr(cfg, "logvar_clip", None), getattr(cfg, "embed_dim", None)
-    return None if clip is None or dim is None else float(dim * math.exp(-clip / 2))
-
-
-def _gap(run: _Run, test: _Split, bar) -> tuple[dict, dict]:
-    """Gap of raw vs hidden vs reconstruction clouds on up to 1000 test rows (paired rows)."""
-    rows = stratified_subsample(test.rows, run.y, 1000, run.seed + 3)
-    n, mods = len(rows), run.mods
-    mu: dict[str, np.ndarray] = {}
-    rec: dict[tuple[str, str], np.ndarray] = {}
-    pres = {m: run.has(m, rows) for m in mods}
-    for a in mods:
-        bar.set_postfix_str("gap " + a)
-        r = rows[pres[a]]
-        post, out = _encode(run, r, (a,), [t for t in mods if t != a], hidden=False)
-        if post is not None:
-            mu[a] = np.full((n, post.mu.shape[1]), np.nan, np.float32)
-            mu[a][pres[a]] = post.mu.numpy()
-            for t, v in out.items():
-                rec[(a, t)] = np.full((n, v.shape[1]), np.nan, np.float32)
-                rec[(a, t)][pres[a]] = v.numpy()
-        bar.update(1)
-    raw_pairs, hid_pairs, rec_pairs = [], [], []
-    for i, a in enumerate(mods):
-        for b in mods[i + 1:]:
-            both = pres[a] & pres[b]
-            fa, fb = run.raw(a, rows[both]), run.raw(b, rows[both])
-            raw_pairs.append({"a": a, "b": b, "n": int(both.sum()), **gap_mod.compare(fa, fb, run.seed)})
-            if a in mu and b in mu:
-                hid_pairs.append({"a": a, "b": b, "n": int(both.sum()),
-                                  **gap_mod.compare(mu[a][both], mu[b][both], run.seed)})
-            for src, dst, fd in ((a, b, fb), (b, a, fa)):
-                if (src, dst) in rec:
-                    rec_pairs.append({"from": src, "to": dst, "n": int(both.sum()),
-                                      **gap_mod.compare(rec[(src, dst)][both], fd, run.seed)})
-    metrics = {
-        "n_rows": n,
-        "raw": gap_mod.summarize(raw_pairs),
-        "hidden": gap_mod.summarize(hid_pairs),
-        "reconstruction": gap_mod.summarize(rec_pairs),
-    }
-    clouds = {
-        "raw": {m: run.raw(m, rows[pres[m]]) for m in mods},
-        "hidden": {m: mu[m][pres[m]] for m in mu},
-        "reconstruction": {t: np.concatenate([rec[(a, t)][pres[a] & pres[t]] for a in mods if (a, t) in rec])
-                           for t in mods if any((a, t) in rec for a in mods)},
-    }
-    return metrics, clouds

@@ -3,7 +3,7 @@
 >>> metrics = evaluate_dataset(fuser, Dataset("test_parts/"), label="species", out_dir="eval")
 
 1. The label (and split) columns are read whole, as Arrow (a few bytes per row), and turned
-   into the same class codes as :func:`~prom3e.tasks.common.encode_labels`; the split and
+   into the same class codes as :func:`~prom3e.data.labels.encode_labels`; the split and
    the capped stratified subsamples are the ones :func:`~prom3e.tasks.evaluate.evaluate`
    would draw on the whole table (same functions, same seeds).
 2. Only those fit and test rows (≤ ``max_fit + max_test``) are read, validated, and
@@ -28,10 +28,11 @@ import pyarrow.compute as pc
 import torch
 
 from prom3e.data.dataset import Dataset
+from prom3e.data.labels import encode_labels
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
 from prom3e.tasks import zeroshot as zs
-from prom3e.tasks.common import FuserLike, encode_labels, l2n, stratified_split, stratified_subsample
+from prom3e.tasks.common import FuserLike, stratified_split, stratified_subsample
 from prom3e.tasks.evaluate import FIT_VALUES, evaluate
 
 SPLIT = "__prom3e_split"
@@ -118,18 +119,11 @@ def _prototypes(fuser: FuserLike, ds: Dataset, label: str, class_mod: str, y: np
         if name not in chunk.modalities:
             return None
         m = chunk.index(name)
-        yy = y[first:first + len(chunk)]
-        ok = chunk.present[:, m] & (yy >= 0)
-        x = l2n(chunk.features[m][ok])
-        if sums is None:
-            sums = torch.zeros(len(classes), x.shape[1])
-        sums.index_add_(0, torch.from_numpy(yy[ok]), x)
-        counts += np.bincount(yy[ok], minlength=len(classes))
-    if sums is None:
+        yy = np.where(chunk.present[:, m], y[first:first + len(chunk)], -1)
+        s, c = zs.class_sums(chunk.features[m], yy, len(classes))
+        sums, counts = (s if sums is None else sums + s), counts + c
+    if sums is None or not counts.any():
         return None
-    has = np.flatnonzero(counts > 0)
-    if not len(has):
-        return None
-    protos = l2n(sums[torch.from_numpy(has)]).numpy()
-    return ModalTable([name], [protos], np.ones((len(has), 1), bool),
+    protos, has = zs.prototypes_from_sums(sums, counts)
+    return ModalTable([name], [protos.numpy()], np.ones((len(has), 1), bool),
                       {label: np.array(classes, dtype=object)[has]}, f"{ds.path} (class means)")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prom3e.tasks.common import l2n, mean_or_none
+from prom3e.metrics import l2n
+from prom3e.tasks.common import mean_or_none
 
 
 def centroid_distance(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -72,3 +73,31 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     v = vecs[:, -2:].flip(1).T
     v = v * torch.sign(v[torch.arange(len(v)), v.abs().argmax(1)])[:, None]
     return (xc @ v.T).numpy()
+
+
+def projections(clouds: dict[str, dict[str, np.ndarray]], per_modality: int = 300, seed: int = 0) -> dict:
+    """2-D PCA of each representation's clouds, for the gap figure.
+
+    ``clouds[rep][modality]`` are the rows of one representation (``raw``, ``hidden``,
+    ``reconstruction``). Up to ``per_modality`` rows of each modality (seeded) are projected
+    jointly. Returns ``{"modalities": every modality name (sorted), "panels": {rep: {modality:
+    xy [n, 2]}, or None when the modalities' dims differ (no joint projection)}, "variance_share":
+    {rep: the share of the variance each of the two components holds}}``.
+    """
+    reps = [r for r in ("raw", "hidden", "reconstruction") if clouds.get(r)]
+    rng = np.random.default_rng(seed)
+    panels: dict[str, dict[str, np.ndarray] | None] = {}
+    share: dict[str, np.ndarray] = {}
+    for rep in reps:
+        parts = {m: x for m, x in clouds[rep].items() if len(x)}
+        if len({x.shape[1] for x in parts.values()}) != 1:
+            panels[rep] = None
+            continue
+        take = {m: x[np.sort(rng.permutation(len(x))[:per_modality])] for m, x in parts.items()}
+        points = np.concatenate(list(take.values()))
+        xy = pca_2d(points)
+        total = float(points.var(0).sum())
+        share[rep] = xy.var(0) / total if total > 0 else np.full(2, np.nan)
+        ends = np.cumsum([len(x) for x in take.values()])
+        panels[rep] = dict(zip(take, np.split(xy, ends[:-1]), strict=True))
+    return {"modalities": sorted({m for r in reps for m in clouds[r]}), "panels": panels, "variance_share": share}

@@ -11,13 +11,23 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from prom3e.data.table import ModalTable
-from prom3e.tasks.common import FuserLike, spearman
+from prom3e.metrics import spearman
+from prom3e.tasks.common import FuserLike
+
+
+def sigma_l1_floor(fuser: FuserLike) -> float | None:
+    """The least ‖σ‖₁ the model can report, E·exp(−clip/2), where every logσ² sits at its
+    clip (a collapsed σ); ``None`` for a model without that clip."""
+    cfg = getattr(getattr(fuser, "model", None), "cfg", None)
+    clip, dim = getattr(cfg, "logvar_clip", None), getattr(cfg, "embed_dim", None)
+    return None if clip is None or dim is None else float(dim * math.exp(-clip / 2))
 
 
 def sigma_l1(posterior) -> np.ndarray:
@@ -130,6 +140,7 @@ def next_modality(fuser: FuserLike, table: ModalTable, rows: np.ndarray, visible
         out["n_agreement"] = int(full.sum())
     # per-row detail (arrays: not written to metrics.json)
     out["_rows"], out["_candidates"], out["_expected"] = r, cands, expected
+    out["_best"] = np.asarray(cands, dtype=object)[best]
     return out
 
 

@@ -51,12 +51,22 @@ def class_prototypes(emb: np.ndarray | torch.Tensor, y: np.ndarray, n_classes: i
 
     Rows with ``y < 0`` are ignored; classes without any row get no prototype.
     """
+    return prototypes_from_sums(*class_sums(emb, y, n_classes))
+
+
+def class_sums(emb: np.ndarray | torch.Tensor, y: np.ndarray, n_classes: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Per class, the sum of the normalised embeddings of its rows and their count (rows with
+    ``y < 0`` ignored); sums over chunks of a table add up to the whole table's."""
     y = np.asarray(y)
     ok = y >= 0
     x = l2n(emb)[torch.from_numpy(ok)]
-    yy = torch.from_numpy(y[ok].astype(np.int64))
-    sums = torch.zeros(n_classes, x.shape[1]).index_add_(0, yy, x)
-    has = np.bincount(y[ok], minlength=n_classes) > 0
+    sums = torch.zeros(n_classes, x.shape[1]).index_add_(0, torch.from_numpy(y[ok].astype(np.int64)), x)
+    return sums, np.bincount(y[ok], minlength=n_classes)
+
+
+def prototypes_from_sums(sums: torch.Tensor, counts: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`class_prototypes` from :func:`class_sums`' result."""
+    has = np.asarray(counts) > 0
     return l2n(sums[torch.from_numpy(has)]), np.flatnonzero(has)
 
 

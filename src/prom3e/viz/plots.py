@@ -1,7 +1,8 @@
 """PNG figures of the evaluation. matplotlib is imported lazily (optional: ``prom3e[plot]``).
 
 Every function takes plain data and a path, draws with the object-oriented API (no
-pyplot state, no GUI backend) and returns the path.
+pyplot state, no GUI backend) and returns the path. Metrics and projections come from the
+tasks (:mod:`prom3e.tasks`); this module only draws them.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from prom3e.tasks.gap import pca_2d
 
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
            "#8C8C8C", "#CCB974", "#64B5CD")
@@ -223,36 +222,28 @@ GAP_TITLES = {"raw": "raw inputs f_m", "hidden": "hidden μ from {m} alone",
               "reconstruction": "reconstructions f̂_m (from each other single m')"}
 
 
-def gap_projection(clouds: dict[str, dict[str, np.ndarray]], path: Path, per_modality: int = 300,
-                   scores: dict[str, dict] | None = None) -> Path:
-    """2-D PCA of each representation's clouds, coloured by modality (one panel each); each
-    title carries the gap's scores (``scores[rep]``: mean centroid distance and linear
-    separability, 0.5 = no gap) and the axes the share of variance their components hold."""
-    reps = [r for r in ("raw", "hidden", "reconstruction") if clouds.get(r)]
-    fig = _figure(4.4 * max(1, len(reps)), 4.6)
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(reps))))
-    names = sorted({m for r in reps for m in clouds[r]})
-    rng = np.random.default_rng(0)
-    for ax, rep in zip(axes, reps, strict=False):
-        parts = {m: x for m, x in clouds[rep].items() if len(x)}
-        dims = {x.shape[1] for x in parts.values()}
-        if len(dims) != 1:
+def gap_projection(projection: dict, path: Path, scores: dict[str, dict] | None = None) -> Path:
+    """Scatter of each representation's 2-D projection, coloured by modality (one panel each);
+    each title carries the gap's scores (``scores[rep]``: mean centroid distance and linear
+    separability, 0.5 = no gap) and the axes the share of variance their components hold.
+
+    ``projection``: :func:`prom3e.tasks.gap.projections`'s result.
+    """
+    panels, names = projection["panels"], projection["modalities"]
+    fig = _figure(4.4 * max(1, len(panels)), 4.6)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels))))
+    for ax, (rep, xy) in zip(axes, panels.items(), strict=False):
+        if xy is None:
             ax.set_title(f"{rep}: dims differ, no joint projection", fontsize=9)
             ax.set_axis_off()
             continue
-        take = {m: x[np.sort(rng.permutation(len(x))[:per_modality])] for m, x in parts.items()}
-        points = np.concatenate(list(take.values()))
-        xy = pca_2d(points)
-        total = float(points.var(0).sum())
-        share = xy.var(0) / total if total > 0 else np.full(2, np.nan)
-        start = 0
-        for m, x in take.items():
-            ax.scatter(*xy[start: start + len(x)].T, s=5, alpha=0.5, color=PALETTE[names.index(m) % 10], label=m)
-            start += len(x)
+        for m, pts in xy.items():
+            ax.scatter(*pts.T, s=5, alpha=0.5, color=PALETTE[names.index(m) % 10], label=m)
         s = (scores or {}).get(rep) or {}
         line = (f"\ncentroid distance {s['centroid_distance']:.2f} · separability {s['separability']:.2f}"
                 if s.get("centroid_distance") is not None and s.get("separability") is not None else "")
         ax.set_title(GAP_TITLES[rep] + line, fontsize=9)
+        share = projection["variance_share"][rep]
         ax.set(xlabel=f"PC 1 ({share[0]:.0%} of variance)", ylabel=f"PC 2 ({share[1]:.0%} of variance)")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
 
-from prom3e.io import atomic_write
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic write of a world-readable text file."""
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-        os.chmod(tmp, 0o644)
-
-    atomic_write(path, write)
+from prom3e.io import atomic_write, write_text
+from prom3e.viz import plots
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -60,8 +53,6 @@ def _setting(m: dict, extra: str = "") -> str:
 
 def make_plots(out: Path, m: dict, extras: dict) -> dict[str, str]:
     """Draw every figure the metrics allow; return {file name: caption}. Empty without matplotlib."""
-    from prom3e.viz import plots
-
     if not plots.have_matplotlib():
         return {}
     figs: dict[str, str] = {}
@@ -94,16 +85,13 @@ def make_plots(out: Path, m: dict, extras: dict) -> dict[str, str]:
                           rho_error=cal.get("pooled_spearman_recon_error"), rho_rank=cal.get("pooled_spearman_rank"))
         figs["calibration.png"] = "Calibration: ‖σ‖₁ vs reconstruction error and retrieval rank"
     if extras.get("gap"):
-        plots.gap_projection(extras["gap"], out / "gap.png", scores=m.get("gap"))
+        plots.gap_projection(extras["gap"]["projection"], out / "gap.png", scores=m.get("gap"))
         figs["gap.png"] = "Modality gap: 2-D PCA of raw inputs, hidden states, reconstructions"
     return figs
 
 
 def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
     """Per-row "which modality next": expected ‖σ‖₁ reduction of each candidate (CSV)."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
     nxt = [n for n in (extras.get("uncertainty") or {}).get("next") or [] if len(n.get("_rows", []))]
     if not nxt:
         return None
@@ -116,7 +104,7 @@ def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
         parts.append(pa.table({
             "row": pa.array(np.asarray(n["_rows"], np.int64)),
             "visible": pa.array(np.full(len(n["_rows"]), _vis(n["visible"]), dtype=object)),
-            "best": pa.array(np.asarray(n["_candidates"], dtype=object)[n["_expected"].argmax(1)]),
+            "best": pa.array(n["_best"]),
             **{f"expected_reduction_{c}": pa.array(cols[:, k], mask=np.isnan(cols[:, k]))
                for k, c in enumerate(mods)},
         }))
@@ -125,14 +113,15 @@ def _next_rows_csv(out: Path, m: dict, extras: dict) -> str | None:
         with open(tmp, "wb") as fh:
             fh.write((",".join(table.column_names) + "\n").encode())  # arrow would quote the header
             pcsv.write_csv(table, fh, write_options=pcsv.WriteOptions(include_header=False))
-        os.chmod(tmp, 0o644)
 
     atomic_write(out / "next_modality.csv", write)
     return "next_modality.csv"
 
 
-def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str | None = None) -> str:
-    """The Markdown report of a metrics dict."""
+def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str | None = None,
+           claim_rows: Sequence[Sequence[str]] = ()) -> str:
+    """The Markdown report of a metrics dict; ``claim_rows``: the paper's claims as worded by
+    :func:`prom3e.tasks.claims.worded` (claim, verdict, evidence)."""
     s = m["settings"]
     parts = ["# prom3e evaluation report\n"]
     if command:
@@ -153,29 +142,9 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
         if name in figs:
             parts.append(f"![{figs[name]}]({name})\n\n{_setting(m, extra)}\n")
 
-    c = m.get("claims", {})
-    if c:
+    if claim_rows:
         parts.append("## The paper's claims, checked on this data\n")
-        rows = []
-        if "inversion_beats_cross_r1" in c:
-            x = c["inversion_beats_cross_r1"]
-            rows.append(["inversion beats cross-modal in R@1 for most pairs", x["holds"],
-                         f"{_f(x['frac_better'])} of {x['n']} pairs better, {_f(x['frac_not_worse'])} not worse"])
-        if "two_visible_beat_one_zeroshot" in c:
-            x = c["two_visible_beat_one_zeroshot"]
-            rows.append(["two visible modalities beat one for zero-shot", x["holds"],
-                         f"{_f(x['frac_better_than_best_single'])} of {x['n']} pairs beat their best single"])
-        if "hidden_probe_beats_reconstructed" in c:
-            x = c["hidden_probe_beats_reconstructed"]
-            rows.append(["hidden-state probes beat reconstructed ones", x["holds"],
-                         f"{_f(x['frac_better'])} of {x['n']} visible sets (μ alone: {_f(x['frac_mu_better'])})"])
-        if "adding_modality_lowers_sigma" in c:
-            x = c["adding_modality_lowers_sigma"]
-            rows.append(["adding a modality lowers ‖σ‖₁", x["holds"],
-                         f"{_f(x['frac_mean_lower'])} of {x['n']} (set, added) cases on average; "
-                         f"{_f(x['mean_frac_rows_lower'])} of rows"])
-        rows = [[r[0], "not enough data" if r[1] is None else r[1], r[2]] for r in rows]
-        parts.append(_table(["claim", "holds", "evidence"], rows))
+        parts.append(_table(["claim", "holds", "evidence"], [list(r) for r in claim_rows]))
 
     if "retrieval" in m:
         r = m["retrieval"]
@@ -263,7 +232,7 @@ def write_outputs(out: Path, metrics: dict, run_extras: dict, plots: bool = True
     out.mkdir(parents=True, exist_ok=True)
     figs = make_plots(out, metrics, run_extras) if plots else {}
     csv = _next_rows_csv(out, metrics, run_extras)
-    text = render(metrics, figs, command, csv)
+    text = render(metrics, figs, command, csv, run_extras.get("claims", ()))
     if plots and not figs:
         text += "\n*(matplotlib is not installed: no figures. `pip install prom3e[plot]`.)*\n"
     write_text(out / "report.md", text)
