@@ -93,6 +93,20 @@ def all_sum(value: int) -> int:
     return int(t.item())
 
 
+def all_mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean over the ranks of each value (the same keys on every rank; ``values`` itself
+    outside torchrun)."""
+    if not active():
+        return values
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_device())
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist(), strict=True)}
+
+
 def close() -> None:
     """Leave the process group (every rank, after its last collective), so that no rank
     exits while another still talks to it."""
@@ -131,12 +145,22 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _device():
+    """Where the process group's collectives run: this process's GPU under NCCL, else the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _sizes(n: int) -> list[int]:
     import torch
     import torch.distributed as dist
 
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.int64))
+    sizes = [torch.zeros(1, dtype=torch.int64, device=_device()) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.int64, device=_device()))
     return [int(s.item()) for s in sizes]
 
 

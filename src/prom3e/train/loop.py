@@ -295,6 +295,7 @@ class Trainer:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 bar.set_postfix(loss=f"{float(stats['loss']):.3f}", acc=f"{float(stats['acc']):.2f}")
+            sums = distributed.all_mean(sums)  # under torchrun: the global batches' loss, as one process logs
             self.epoch += 1
             record = {"epoch": self.epoch, "step": self.step, "lr": lr_at(self.step, steps_per_epoch, cfg),
                       **{k: v / steps_per_epoch for k, v in sums.items()},
