@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import docgen  # noqa: E402
 
-MODULES: list[str] = ["serve_load", "scale_figures", "memory_100k"]
+MODULES: list[str] = ["serve_load", "scale_figures", "memory_100k", "distributed_gather"]
 
 
 def main(argv: list[str] | None = None) -> int:

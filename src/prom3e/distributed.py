@@ -277,13 +277,22 @@ class GlobalBatch:
 
 def gather_batch(x: Tensor, targets: Tensor, labels: Tensor | None) -> GlobalBatch | None:
     """Gather every rank's ``x [b, M, D]``, ``targets bool[b, M]`` and ``labels [b]`` (data:
-    no gradient); ``None`` outside a process group (the loss then uses the local batch)."""
+    no gradient; one collective for the row counts and one for the rows, packed as bytes);
+    ``None`` outside a process group (the loss then uses the local batch)."""
     if not active():
         return None
+    import torch
     import torch.distributed as dist
 
-    sizes = _sizes(len(x))
+    b, m, d = x.shape
+    fields = [x.detach().contiguous().view(torch.uint8).reshape(b, -1), targets.to(torch.uint8)]
+    if labels is not None:
+        fields.append(labels.to(torch.int64).contiguous().view(torch.uint8).reshape(b, -1))
+    sizes = _sizes(b)
+    rows = _all_gather(torch.cat(fields, 1), sizes)
+    n, cut = len(rows), x.element_size() * m * d
+    gx = rows[:, :cut].contiguous().view(x.dtype).reshape(n, m, d)
+    gt = rows[:, cut:cut + m].bool()
+    gl = rows[:, cut + m:].contiguous().view(torch.int64).reshape(n) if labels is not None else None
     rank = dist.get_rank()
-    gx, gt = _all_gather(x.detach(), sizes), _all_gather(targets, sizes)
-    gl = _all_gather(labels, sizes) if labels is not None else None
     return GlobalBatch(gx, gt, gl, sum(sizes[:rank]), sizes[rank], len(sizes))
