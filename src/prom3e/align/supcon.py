@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prom3e import distributed
+
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -30,25 +32,49 @@ class LogitScale(nn.Module):
         self.log_scale.clamp_(max=self.max_log)
 
 
-def positives(labels: Tensor | None, n: int, device: torch.device) -> Tensor:
-    """``bool[n, n]``: same label (or only the diagonal without labels); a row with label
-    −1 (no label) is only its own positive."""
-    eye = torch.eye(n, dtype=torch.bool, device=device)
+def positives(labels: Tensor | None, n: int, device: torch.device, key_labels: Tensor | None = None,
+              start: int = 0) -> Tensor:
+    """``bool[n, K]``: same label (or only the diagonal without labels); a row with label
+    −1 (no label) is only its own positive. ``key_labels [K]`` (default: ``labels``, K = n):
+    the candidates' labels, row i's own pair being candidate ``start + i``."""
+    k = n if key_labels is None else len(key_labels)
+    eye = torch.eye(n, k, dtype=torch.bool, device=device).roll(start, 1)
     if labels is None:
         return eye
-    return eye | ((labels[:, None] == labels[None, :]) & (labels[:, None] >= 0))
+    keys = labels if key_labels is None else key_labels
+    return eye | ((labels[:, None] == keys[None, :]) & (labels[:, None] >= 0))
 
 
-def supcon_loss(z: Tensor, anchor: Tensor, scale: Tensor, labels: Tensor | None = None) -> Tensor:
+def supcon_loss(z: Tensor, anchor: Tensor, scale: Tensor, labels: Tensor | None = None,
+                gather: bool = False) -> Tensor:
     """Symmetric supervised contrastive loss between paired rows.
 
     ``z`` and ``anchor`` are ``[B, D]`` unit vectors (row i of each is a pair); ``scale`` is
     the (exponentiated) logit scale; with ``labels`` (``int[B]``, −1 = none), every
     same-label pair is a positive, so duplicates of a class are not pushed apart. Each direction averages
     ``-log softmax`` over a row's positives; the loss is the mean of both directions.
+
+    ``gather`` (data-parallel training): both sides are gathered from every rank
+    (:func:`prom3e.distributed.gather_with_grad`), this rank's rows are scored against the
+    global batch, and the loss is this rank's share of the global mean, so that the ranks'
+    averaged gradient is one process's on the global batch. Outside a process group it
+    changes nothing.
     """
+    if gather and distributed.active():
+        return _supcon_global(z, anchor, scale, labels)
     logits = scale * z @ anchor.T
     pos = positives(labels, z.shape[0], z.device).float()
     z_to_a = -(pos * F.log_softmax(logits, 1)).sum(1) / pos.sum(1)
     a_to_z = -(pos.T * F.log_softmax(logits.T, 1)).sum(1) / pos.sum(0)
     return 0.5 * (z_to_a.mean() + a_to_z.mean())
+
+
+def _supcon_global(z: Tensor, anchor: Tensor, scale: Tensor, labels: Tensor | None) -> Tensor:
+    all_z, all_a = distributed.gather_with_grad(z), distributed.gather_with_grad(anchor)
+    all_labels = distributed.gather(labels) if labels is not None else None
+    start = int(distributed.gather(torch.tensor([len(z)], device=z.device))[:distributed.rank()].sum())
+    pos = positives(labels, len(z), z.device, all_labels, start).float()  # [b, N], symmetric relation
+    z_to_a = -(pos * F.log_softmax(scale * z @ all_a.T, 1)).sum(1) / pos.sum(1)
+    a_to_z = -(pos * F.log_softmax(scale * anchor @ all_z.T, 1)).sum(1) / pos.sum(1)
+    world = distributed.world_size()
+    return 0.5 * (z_to_a.sum() + a_to_z.sum()) * (world / len(all_z))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from prom3e.distributed import RemoteTargets
 
 EPS = 1e-8  # squared distances are clamped here: finite gradient of √ at 0
 
@@ -86,6 +91,15 @@ def near_duplicates(x: Tensor, tol: float = 1e-3) -> Tensor:
         return torch.baddbmm(both, x, x.transpose(-1, -2), alpha=-2) < tol * tol
 
 
+@torch.no_grad()
+def near_duplicates_between(x: Tensor, y: Tensor, tol: float = 1e-3) -> Tensor:
+    """``[U, C, D]``, ``[U, K, D]`` → ``bool[U, C, K]``: pairs closer than ``tol`` (fp32)."""
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        both = x.pow(2).sum(-1)[:, :, None] + y.pow(2).sum(-1)[:, None, :]
+        return torch.baddbmm(both, x, y.transpose(-1, -2), alpha=-2) < tol * tol
+
+
 def contrastive_reconstruction(
     pred: Tensor,
     true: Tensor,
@@ -94,6 +108,7 @@ def contrastive_reconstruction(
     beta: Tensor,
     labels: Tensor | None = None,
     dedup: bool = True,
+    remote: RemoteTargets | None = None,
 ) -> tuple[Tensor, Tensor]:
     """InfoNCE over Euclidean distances, per modality, with the diagonal as positive.
 
@@ -103,6 +118,10 @@ def contrastive_reconstruction(
     −1 = none) or an identical target embedding (``dedup``: e.g. one satellite tile shared
     by many rows) are not negatives. Returns the mean cross-entropy over real entries and
     the in-batch top-1 accuracy.
+
+    ``remote`` (under torchrun, :func:`prom3e.distributed.gather_batch`): the other ranks'
+    targets join the candidates, and the loss is this rank's share of the global batch's
+    mean, so that the ranks' averaged gradient is one process's on the global batch.
     """
     u, c, _ = pred.shape
     if not bool(valid.any()):  # nothing to reconstruct in this batch
@@ -110,19 +129,30 @@ def contrastive_reconstruction(
         return zero, zero.detach()
     # padding columns are never candidates; a padding row keeps its own column (its loss is
     # ignored) so that no row is all −∞: log-softmax's backward would turn it into NaN
-    drop = ~valid[:, None, :] & ~torch.eye(c, dtype=torch.bool, device=pred.device)  # [U, C, C]
+    keys, key_valid, key_labels = true, valid, labels  # candidates: [U, K, ·], local ones first
+    if remote is not None:
+        keys = torch.cat([true, remote.true.to(true.dtype)], 1)
+        key_valid = torch.cat([valid, remote.valid], 1)
+        key_labels = torch.cat([labels, remote.labels], 1) if labels is not None else None
+    k = keys.shape[1]
+    drop = ~key_valid[:, None, :] & ~torch.eye(c, k, dtype=torch.bool, device=pred.device)  # [U, C, K]
     if labels is not None or dedup:
-        not_negative = torch.zeros(u, c, c, dtype=torch.bool, device=pred.device)
-        if labels is not None:
-            not_negative |= (labels[:, :, None] == labels[:, None, :]) & (labels[:, :, None] >= 0)
+        not_negative = torch.zeros(u, c, k, dtype=torch.bool, device=pred.device)
+        if key_labels is not None and labels is not None:
+            not_negative |= (labels[:, :, None] == key_labels[:, None, :]) & (labels[:, :, None] >= 0)
         if dedup:
-            not_negative |= near_duplicates(true)
+            not_negative[:, :, :c] |= near_duplicates(true)
+            if remote is not None and k > c:
+                not_negative[:, :, c:] |= near_duplicates_between(true, remote.true)
         not_negative.diagonal(dim1=1, dim2=2).fill_(False)
         drop = drop | not_negative
-    logits = distance_logits(pred, true, alpha, beta, drop)
+    logits = distance_logits(pred, keys, alpha, beta, drop)
     target = torch.arange(c, device=pred.device).expand(u, c).masked_fill(~valid, -100)  # -100: ignored
-    flat, target = logits.reshape(u * c, c), target.reshape(-1)
-    loss = F.cross_entropy(flat, target, ignore_index=-100)
+    flat, target = logits.reshape(u * c, k), target.reshape(-1)
+    if remote is None:
+        loss = F.cross_entropy(flat, target, ignore_index=-100)
+    else:
+        loss = remote.mean(F.cross_entropy(flat, target, ignore_index=-100, reduction="sum"))
     acc = (flat.argmax(-1) == target).sum() / valid.sum()
     return loss, acc.float().detach()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 from prom3e.config import Options
 from prom3e.models.grouped import ModalityMLP, group_pairs
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
+
+if TYPE_CHECKING:
+    from prom3e.distributed import GlobalBatch
 
 N_SPECIAL = 2  # [mu], [logvar]
 
@@ -241,11 +244,16 @@ class Prom3e(nn.Module):
 
     @staticmethod
     def sample(post: Posterior, n: int, generator: torch.Generator | None = None,
-               noise: str = "dim") -> Tensor:
-        """``[n, B, E]`` reparameterised draws; ``noise='scalar'`` is the reference's one ε per row."""
+               noise: str = "dim", within: tuple[int, int] | None = None) -> Tensor:
+        """``[n, B, E]`` reparameterised draws; ``noise='scalar'`` is the reference's one ε per row.
+
+        ``within=(start, total)``: these B rows are rows ``start …`` of a global batch of
+        ``total`` (one rank's slice under torchrun): ε is drawn for the global batch and
+        sliced, so N ranks draw what one process would."""
         b, e = post.mu.shape
-        shape = (n, b, e) if noise == "dim" else (n, b, 1)
-        eps = torch.randn(shape, generator=generator, device=post.mu.device)
+        start, total = within or (0, b)
+        shape = (n, total, e) if noise == "dim" else (n, total, 1)
+        eps = torch.randn(shape, generator=generator, device=post.mu.device)[:, start:start + b]
         return post.mu + torch.exp(0.5 * post.logvar) * eps
 
     # --- decoders ------------------------------------------------------------------------
@@ -297,14 +305,17 @@ class Prom3e(nn.Module):
         kl_weight: float = 1e-3,
         noise: str = "dim",
         dedup: bool = True,
+        batch: GlobalBatch | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss for one batch: contrastive reconstruction of ``targets`` + λ·KL.
 
         ``targets bool[B, M]``: the (row, modality) pairs to reconstruct; ``labels [B]``
         (optional, −1 = none): rows with the same label are not each other's negatives.
+        ``batch`` (under torchrun, :func:`prom3e.distributed.gather_batch`): every rank's
+        targets, so that the negatives and the noise are those of the global batch.
         """
         post = self.encode(x, visible)
-        z = self.sample(post, 1, noise=noise)[0]
+        z = self.sample(post, 1, noise=noise, within=(batch.start, batch.size) if batch else None)[0]
         g = group_pairs(targets)
         b, m = x.shape[:2]
         pick = g.rows[g.index]  # [U, C] row of each buffer position (padding: a copy, masked by valid)
@@ -312,7 +323,8 @@ class Prom3e(nn.Module):
         true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
         lab = labels[pick] if labels is not None else None
         recon, acc = contrastive_reconstruction(
-            pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup
+            pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup,
+            batch.others(g.used) if batch is not None else None,
         )
         kl = kl_divergence(post.mu, post.logvar)
         loss = recon + kl_weight * kl

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from prom3e import distributed
 from prom3e.config import Options
 from prom3e.data.masking import sample_visible, training_targets
 from prom3e.data.table import ModalTable
@@ -132,9 +133,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, visible: torch.Tensor,
                   targets: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig,
                   device: torch.device, precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step on one batch (forward under autocast, backward, AdamW)."""
+    """One optimiser step on one batch (forward under autocast, backward, AdamW). Under
+    torchrun every rank's targets are gathered first: the loss's negatives span the global batch."""
+    batch = distributed.gather_batch(x, targets, labels)
     with autocast(device, precision):
-        loss, stats = net(x, visible, targets, labels, kl_weight=cfg.kl_weight, noise=cfg.noise, dedup=cfg.dedup)
+        loss, stats = net(x, visible, targets, labels, kl_weight=cfg.kl_weight, noise=cfg.noise, dedup=cfg.dedup,
+                          batch=batch)
     if not torch.isfinite(loss):
         return loss, stats
     opt.zero_grad(set_to_none=True)
@@ -291,6 +295,7 @@ class Trainer:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 bar.set_postfix(loss=f"{float(stats['loss']):.3f}", acc=f"{float(stats['acc']):.2f}")
+            sums = distributed.all_mean(sums)  # under torchrun: the global batches' loss, as one process logs
             self.epoch += 1
             record = {"epoch": self.epoch, "step": self.step, "lr": lr_at(self.step, steps_per_epoch, cfg),
                       **{k: v / steps_per_epoch for k, v in sums.items()},
