@@ -254,26 +254,6 @@ class GlobalBatch:
     def size(self) -> int:
         return len(self.x)
 
-    def others(self, used: Tensor) -> RemoteTargets:
-        """The other ranks' targets of modalities ``used [U]``, packed ``[U, K, ·]``."""
-        import torch
-
-        from prom3e.models.grouped import group_pairs
-
-        mask = self.targets.clone()
-        mask[self.start:self.start + self.rows] = False
-        g = group_pairs(mask[:, used])  # g.mods index into `used`
-        u, k = len(used), g.size
-        true = self.x.new_zeros((u, k, self.x.shape[2]))
-        valid = torch.zeros(u, k, dtype=torch.bool, device=self.x.device)
-        true[g.mods, g.slot] = self.x[g.rows, used[g.mods]]
-        valid[g.mods, g.slot] = True
-        labels = None
-        if self.labels is not None:
-            labels = torch.full((u, k), -1, dtype=self.labels.dtype, device=self.x.device)
-            labels[g.mods, g.slot] = self.labels[g.rows]
-        return RemoteTargets(true, valid, labels, int(self.targets.sum()), self.world)
-
 
 def gather_batch(x: Tensor, targets: Tensor, labels: Tensor | None) -> GlobalBatch | None:
     """Gather every rank's ``x [b, M, D]``, ``targets bool[b, M]`` and ``labels [b]`` (data:

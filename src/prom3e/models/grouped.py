@@ -10,10 +10,14 @@ and no Python loop over modalities.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from prom3e.distributed import GlobalBatch, RemoteTargets
 
 
 @dataclass
@@ -144,3 +148,22 @@ class ModalityMLP(nn.Module):
         if not self.uniform_out:
             out = out * pick(self.out_mask)[:, None, :].to(out.dtype)
         return out
+
+
+def remote_targets(batch: GlobalBatch, used: Tensor) -> RemoteTargets:
+    """The other ranks' targets of modalities ``used [U]`` in ``batch``, packed ``[U, K, ·]``."""
+    from prom3e.distributed import RemoteTargets
+
+    mask = batch.targets.clone()
+    mask[batch.start:batch.start + batch.rows] = False
+    g = group_pairs(mask[:, used])  # g.mods index into `used`
+    u, k = len(used), g.size
+    true = batch.x.new_zeros((u, k, batch.x.shape[2]))
+    valid = torch.zeros(u, k, dtype=torch.bool, device=batch.x.device)
+    true[g.mods, g.slot] = batch.x[g.rows, used[g.mods]]
+    valid[g.mods, g.slot] = True
+    labels = None
+    if batch.labels is not None:
+        labels = torch.full((u, k), -1, dtype=batch.labels.dtype, device=batch.x.device)
+        labels[g.mods, g.slot] = batch.labels[g.rows]
+    return RemoteTargets(true, valid, labels, int(batch.targets.sum()), batch.world)

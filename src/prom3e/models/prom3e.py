@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prom3e.config import Options
-from prom3e.models.grouped import ModalityMLP, group_pairs
+from prom3e.models.grouped import ModalityMLP, group_pairs, remote_targets
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ class Prom3e(nn.Module):
         lab = labels[pick] if labels is not None else None
         recon, acc = contrastive_reconstruction(
             pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup,
-            batch.others(g.used) if batch is not None else None,
+            remote_targets(batch, g.used) if batch is not None else None,
         )
         kl = kl_divergence(post.mu, post.logvar)
         loss = recon + kl_weight * kl
