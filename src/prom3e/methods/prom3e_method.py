@@ -2,9 +2,10 @@
 
 1. **Pre-training.** The fusion model is trained with :func:`prom3e.train.loop.train` on
    the training split (its own masked-reconstruction objective, its own 10 % validation
-   rows for choosing the best epoch; same batch size and width as every other method;
-   the benchmark's labels are passed as the label column so same-class rows are not
-   contrastive negatives).
+   rows for choosing the best epoch; the same batch size, width, learning rate and weight
+   decay as every other method — the benchmark's tuning grid applies to it as to the
+   peers; the benchmark's labels are passed as the label column so same-class rows are
+   not contrastive negatives).
 2. **Fine-tuning** (default, ``finetune=True``). Encoder + MLP head (on ``[μ, hidden
    tokens]``: the [mu], [logvar] and register outputs, flattened) are trained jointly with
    the shared loop on ``task + λ·L_ProM3E``: the task loss reads the shared modality-dropout
@@ -41,7 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prom3e.data.table import ModalTable
-from prom3e.methods.base import FitConfig, TorchMethod, classification_loss, drop_modalities, mlp
+from prom3e.methods.base import (
+    FitConfig,
+    TorchMethod,
+    ValidationSet,
+    classification_loss,
+    drop_modalities,
+    mlp,
+)
 
 
 def split_epochs(epochs: int, pretrain_frac: float) -> tuple[int, int]:
@@ -71,6 +79,7 @@ class FineTuneNet(nn.Module):
 class Prom3eMethod(TorchMethod):
     name = "prom3e"
     n_views = 4
+    estimate_space = "raw"
 
     def __init__(self, cfg: FitConfig | None = None, model: str = "base", visible_probs: tuple[float, ...] = (0.9, 0.1),
                  run_dir: str | None = None, finetune: bool = True, pretrain_frac: float = 0.5,
@@ -93,7 +102,8 @@ class Prom3eMethod(TorchMethod):
 
         cfg = self.cfg
         tcfg = TrainConfig(model=self.model_name, model_overrides=self.overrides, epochs=self.pretrain_epochs,
-                           batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, precision="fp32",
+                           batch_size=cfg.batch_size, lr=cfg.lr, min_lr=0.01 * cfg.lr, weight_decay=cfg.weight_decay,
+                           seed=cfg.seed, device=cfg.device, precision="fp32",
                            visible_probs=self.visible_probs, label_column="__benchmark_label__")
         labelled = ModalTable(train.modalities, train.features, train.present,
                               {"__benchmark_label__": y}, train.source)
@@ -105,11 +115,12 @@ class Prom3eMethod(TorchMethod):
         for p in self.encoder.parameters():
             p.requires_grad_(False)  # frozen; fine-tuning (build) unfreezes it
 
-    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None) -> Prom3eMethod:
+    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
+            val: ValidationSet | None = None) -> Prom3eMethod:
         full = self.cfg
         self.cfg = dataclasses.replace(full, epochs=self.finetune_epochs)  # the shared loop runs phase 2
         try:
-            super().fit(train, y, n_classes)
+            super().fit(train, y, n_classes, val)
         finally:
             self.cfg = full
         self.encoder.eval()
