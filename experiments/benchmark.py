@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, choices=sorted(PROFILES))
     p.add_argument("--data", help="use this table instead of the dataset's default")
+    p.add_argument("--label", help="label column (default: the dataset's)")
     p.add_argument("--out", help="benchmark folder (default: experiments/out/bench_<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the results in --out")
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     prof = PROFILES[args.dataset]
     out = Path(args.out) if args.out else OUT / f"bench_{args.dataset}"
     table = dataset_table(args.dataset, args.data)
-    cmd = ["benchmark", "--data", str(table), "--label", prof["label"], "--out", str(out), *COMMON, *prof["args"]]
+    cmd = ["benchmark", "--data", str(table), "--label", args.label or prof["label"], "--out", str(out), *COMMON,
+           *prof["args"]]
     if args.quick:
         cmd += QUICK  # later flags win
     if args.methods:

@@ -109,3 +109,44 @@ def _summary() -> str:
             row += ["–", "–"] if mg is None else [f"{mg[0]:.1f}", f"`{mg[1]}` {mg[0] - mg[2]:.1f} ({mg[2]:+.1f})"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+@renderer("benchmark-ablations")
+def _ablations() -> str:
+    if not (RESULTS / "benchmark_ablations.json").exists():
+        return "_Not run yet: `.venv/bin/python experiments/benchmark_ablations.py`._"
+    r = load_result("benchmark_ablations")
+    lines = [f"Measured with `{r['command_base']}` plus each variant's `--option`s (mean ± sample std, 3 seeds; "
+             "the η = 0.7 column scores the natural-trained model). R@1 is in each variant's own space.", "",
+             "| method | variant | acc natural | acc η=0.7 | acc subsets | R@1 η=0.7 | NM²I η=0.7 | fit CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v in r["variants"]:
+        s = v["summary"]
+        lines.append(f"| `{v['method']}` | {v['title']} | {_cell(s, 'protocols/natural/acc')} | "
+                     f"{_cell(s, 'protocols/eta0.7/acc')} | {_cell(s, 'protocols/subsets/acc')} | "
+                     f"{_cell(s, 'reconstruction/eta0.7/mean/r1', digits=2)} | "
+                     f"{_cell(s, 'reconstruction/eta0.7/mean/nm2i')} | {_cell(s, 'fit_cpu_seconds', 1, 0)} |")
+    d = r.get("moe_determinism")
+    if d:
+        lines += ["", f"MoE-Retriever determinism (seed 0, {d['test_rows']} test rows): with fresh supporting-group "
+                  "draws per call (earlier) " + " and ".join(f"{100 * c:.1f} %" for c in d["fresh_draws_changed"])
+                  + f" of the predicted classes changed between consecutive calls; re-seeded per call (now): "
+                  f"{100 * d['reseeded_changed']:.1f} %."]
+    return "\n".join(lines)
+
+
+@renderer("benchmark-scale")
+def _scale() -> str:
+    if not (RESULTS / "benchmark_scale.json").exists():
+        return "_Not run yet: `.venv/bin/python experiments/benchmark_scale.py`._"
+    r = load_result("benchmark_scale")
+    lines = [f"`{r['command']}` ({r['rows']} rows, modalities {', '.join(r['modalities'])}; left out: "
+             f"{', '.join(r['left_out']) or 'none'}): finished; peak resident set of the process "
+             f"{r['max_rss_mib']} MiB. Per method (one process, one thread, shared machine):", "",
+             "| method | fit s (wall) | fit CPU s | fit peak MiB | predict s (natural) | method total s "
+             "| acc natural |",
+             "|---|---|---|---|---|---|---|"]
+    for m, v in r["methods"].items():
+        lines.append(f"| `{m}` | {v['fit_seconds']:.0f} | {v['fit_cpu_seconds']:.0f} | {v['fit_peak_mib']:.0f} | "
+                     f"{v['predict_seconds']:.1f} | {v['seconds']:.0f} | {100 * v['natural_acc']:.1f} |")
+    return "\n".join(lines)

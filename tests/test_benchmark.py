@@ -200,7 +200,7 @@ def test_cli_benchmark_every_method(tmp_path) -> None:
     write_parquet(generate(SynthConfig(n=300, n_species=6, modalities=("image", "sat", "loc", "text"))), data)
     out = tmp_path / "bench"
     rc = main(["benchmark", "--data", str(data), "--label", "species", "--out", str(out), "--epochs", "1",
-               "--width", "16", "--batch-size", "128", "--subset-cap", "50", "--quiet", "--keep-leaking",
+               "--width", "16", "--batch-size", "128", "--subset-cap", "50", "--quiet", "--keep-leaking", "--etas", "0.7",
                "--option", "moe-retriever.tokens=2", "--option", "aoept.n_prototypes=8",
                "--option", "aoept-prom3e.n_prototypes=8", "--option", "aoept.prompt_len=2"])
     assert rc == 0
@@ -212,6 +212,36 @@ def test_cli_benchmark_every_method(tmp_path) -> None:
     assert "reconstruction/eta0.7/mean/nm2i_layer/1" in res["methods"]["aoept"]["summary"]  # per-layer NM²I
     md = (out / "results.md").read_text()
     assert "Label-leaking modalities kept as inputs: text" in md and "NM²I per prompted layer" in md
+
+
+def test_experiment_script_runs_a_birdclef22_stand_in(tmp_path) -> None:
+    """``experiments/benchmark.py --dataset birdclef22`` on a tiny table with the real one's shape:
+    5 modalities (one of them one-per-species text), a label and a ``split`` column."""
+    import sys
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import benchmark as script
+
+    t = generate(SynthConfig(n=240, n_species=5, modalities=("loc", "text", "sound", "env", "sat"),
+                             always_present=("loc",)))
+    rng = np.random.default_rng(0)
+    names = {"sound": "call_type", "env": "time_of_day", "sat": "community"}
+    t = t.rename_columns([names.get(c, c) for c in t.column_names])
+    t = t.append_column("primary_label", t.column("species")).append_column(
+        "split", pa.array(rng.choice(["train", "val", "test"], len(t), p=[0.7, 0.1, 0.2])))
+    data, out = tmp_path / "aligned.parquet", tmp_path / "out"
+    write_parquet(t, data)
+    assert script.main(["--dataset", "birdclef22", "--data", str(data), "--out", str(out), "--quick",
+                        "--methods", "zero-fill,prom3e"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["left_out"] == ["text"] and res["config"]["split_column"] == "split"
+    split = np.asarray(t.column("split").to_pylist())
+    assert res["methods"]["prom3e"]["per_seed"][0]["protocols"]["natural"]["n"] == (split == "test").sum()
+    summary = script.summary(res, ["prom3e", "benchmark"], 1.0)
+    assert set(summary["methods"]) == {"zero-fill", "prom3e"} and summary["config"]["left_out"] == ["text"]
 
 
 def test_cli_benchmark_errors(tmp_path, capsys) -> None:

@@ -227,7 +227,8 @@ class TorchMethod(Method):
                     raise Prom3eError(f"{self.name}: training diverged at epoch {epoch + 1} (loss {loss.item()})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+                if not torch.isfinite(nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)):
+                    raise Prom3eError(f"{self.name}: non-finite gradient at epoch {epoch + 1}")
                 opt.step()
                 sched.step()
                 for k, v in stats.items():

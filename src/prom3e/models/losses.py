@@ -120,6 +120,9 @@ def contrastive_reconstruction(
     logits = distance_logits(pred, true, alpha, beta, drop)
     target = torch.arange(c, device=pred.device).expand(u, c).masked_fill(~valid, -100)  # -100: ignored
     flat, target = logits.reshape(u * c, c), target.reshape(-1)
+    # an ignored row may have every column masked (−inf): its log-softmax is NaN and, although
+    # ignored in the loss, its gradient (NaN·0) would poison every weight — give it finite logits
+    flat = flat.masked_fill((target < 0)[:, None], 0.0)
     loss = F.cross_entropy(flat, target, ignore_index=-100)
     acc = (flat.argmax(-1) == target).sum() / valid.sum()
     return loss, acc.float().detach()
