@@ -200,7 +200,8 @@ def test_cli_benchmark_every_method(tmp_path) -> None:
     write_parquet(generate(SynthConfig(n=300, n_species=6, modalities=("image", "sat", "loc", "text"))), data)
     out = tmp_path / "bench"
     rc = main(["benchmark", "--data", str(data), "--label", "species", "--out", str(out), "--epochs", "1",
-               "--width", "16", "--batch-size", "128", "--subset-cap", "50", "--quiet", "--keep-leaking", "--etas", "0.7",
+               "--width", "16", "--batch-size", "128", "--subset-cap", "50", "--quiet", "--keep-leaking",
+               "--etas", "0.7",
                "--option", "moe-retriever.tokens=2", "--option", "aoept.n_prototypes=8",
                "--option", "aoept-prom3e.n_prototypes=8", "--option", "aoept.prompt_len=2"])
     assert rc == 0
