@@ -140,12 +140,16 @@ def _scale() -> str:
     if not (RESULTS / "benchmark_scale.json").exists():
         return "_Not run yet: `.venv/bin/python experiments/benchmark_scale.py`._"
     r = load_result("benchmark_scale")
-    lines = [f"`{r['command']}` ({r['rows']} rows, modalities {', '.join(r['modalities'])}; left out: "
-             f"{', '.join(r['left_out']) or 'none'}): finished; peak resident set of the process "
-             f"{r['max_rss_mib']} MiB. Per method (one process, one thread, shared machine):", "",
-             "| method | fit s (wall) | fit CPU s | fit peak MiB | predict s (natural) | method total s "
-             "| acc natural |",
-             "|---|---|---|---|---|---|---|"]
+    knn = "; ".join(f"{k['rows']:,} rows: {k['cpu_seconds']:.0f} s CPU ({k['wall_seconds']:.0f} s wall), peak "
+                    f"{k['peak_rss_mib']} MiB" for k in r.get("knn_imputation", []))
+    lines = ([f"k-NN imputation of the 4 training views of every row against the whole table (its own process, "
+              f"one thread): {knn}.", ""] if knn else [])
+    lines += [f"`{r['command']}` ({r['rows']} rows, modalities {', '.join(r['modalities'])}; left out: "
+              f"{', '.join(r['left_out']) or 'none'}): finished; peak resident set of the process "
+              f"{r['max_rss_mib']} MiB. Per method (one process, one thread, shared machine):", "",
+              "| method | fit s (wall) | fit CPU s | fit peak MiB | predict s (natural) | method total s "
+              "| acc natural |",
+              "|---|---|---|---|---|---|---|"]
     for m, v in r["methods"].items():
         lines.append(f"| `{m}` | {v['fit_seconds']:.0f} | {v['fit_cpu_seconds']:.0f} | {v['fit_peak_mib']:.0f} | "
                      f"{v['predict_seconds']:.1f} | {v['seconds']:.0f} | {100 * v['natural_acc']:.1f} |")
