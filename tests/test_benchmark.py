@@ -259,3 +259,40 @@ def test_cli_benchmark_errors(tmp_path, capsys) -> None:
     assert "METHOD.KEY=VALUE" in capsys.readouterr().err
     assert main(base + ["--label", "species", "--widths", "16,x", "--overwrite"]) == 2
     assert "--widths" in capsys.readouterr().err
+
+
+def test_a_diverging_fit_is_recorded_not_chosen_and_never_replaced(monkeypatch) -> None:
+    from prom3e.errors import Prom3eError
+    from prom3e.methods import create as real_create
+    from prom3e.methods import tuning
+
+    table = generate_table(SynthConfig(n=300, n_species=4, modalities=("image", "loc", "env")))
+    calls = []
+
+    def create(name, cfg, **opts):
+        m = real_create(name, cfg, **opts)
+        fit = m.fit
+
+        def maybe_diverge(*a, **k):
+            calls.append(cfg)
+            if cfg.lr == 1e-2 or (cfg.drop_prob == 0.0 and sum(c.drop_prob == 0.0 for c in calls) == 2):
+                raise Prom3eError(f"{name}: training diverged at epoch 1 (loss nan)")
+            return fit(*a, **k)
+
+        m.fit = maybe_diverge
+        return m
+
+    monkeypatch.setattr(tuning, "create", create)
+    cfg = BenchConfig(methods=["zero-fill"], seeds=[0], fit=TINY, grid=Grid([1e-3, 1e-2], [16]))
+    res = run_benchmark(table, "species", cfg, log=lambda s: None)
+    rec = res["methods"]["zero-fill"]["per_seed"][0]
+    assert [("failed" in t) for t in rec["tuning"]["trials"]] == [False, True]
+    assert rec["tuning"]["selected"]["lr"] == 1e-3
+    assert "failed" in rec["tuning"]["regimes"]["eta0.9"]  # the second η refit diverged:
+    assert rec["protocols"]["eta0.9"]["acc"] is None and rec["protocols"]["eta0.7"]["acc"] is not None
+    assert "eta0.9" not in rec["reconstruction"]  # …so η 0.9 is not scored, by no other model
+    assert "protocols/eta0.9/acc" not in res["methods"]["zero-fill"]["summary"]
+    monkeypatch.setattr(tuning, "create", lambda name, cfg, **o: create(name, cfg.__class__(
+        **{**cfg.__dict__, "lr": 1e-2}), **o))
+    with pytest.raises(Prom3eError, match="every grid point failed"):
+        run_benchmark(table, "species", cfg, log=lambda s: None)

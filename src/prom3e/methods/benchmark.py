@@ -167,15 +167,14 @@ def run_method(name: str, data: SeedData, cfg: BenchConfig, seed: int, log: Call
            "fit_cpu_seconds": nat["fit_cpu_seconds"], "tuning_seconds": tuning["tuning_seconds"],
            "tuning_cpu_seconds": tuning["tuning_cpu_seconds"], "tuning": tuning, **score(models, data, seed)}
     out["seconds"] = time.perf_counter() - t0  # tuning + scoring of this method × seed
-    acc = out["protocols"]["natural"]["acc"]
-    log(f"  {name} seed {seed}: natural acc {acc:.3f}" + "".join(
-        f", {p} {out['protocols'][p]['acc']:.3f}" for p in out["protocols"] if p != "natural") +
-        f" ({out['tuning_seconds']:.0f}s)")
+    accs = {p: v["acc"] for p, v in out["protocols"].items()}
+    log(f"  {name} seed {seed}: " + ", ".join(f"{p} acc {'failed' if a is None else f'{a:.3f}'}"
+                                            for p, a in accs.items()) + f" ({out['tuning_seconds']:.0f}s)")
     return out
 
 
 # --- over seeds ------------------------------------------------------------------------------------
-_NOT_SUMMARISED = ("seed", "n", "tuning", "estimate_space", "class_modality")
+_NOT_SUMMARISED = ("seed", "n", "tuning", "estimate_space", "class_modality", "failed")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, float]:

@@ -46,6 +46,11 @@ def _mean(values: list) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def model_for(models: dict[str, Method], data, proto: str) -> Method | None:
+    """The model that scores ``proto``: its own regime's (None if that fit failed), else the natural one."""
+    return models.get(proto) if proto in data.train_masks else models["natural"]
+
+
 def score(models: dict[str, Method], data, seed: int) -> dict:
     """Every protocol's metrics for one method on one seed (``data``: ``SeedData``)."""
     from prom3e.methods.benchmark import classification_metrics
@@ -57,7 +62,10 @@ def score(models: dict[str, Method], data, seed: int) -> dict:
     out: dict = {}
     protocols: dict = {}
     for proto, vis in data.test_masks.items():
-        method = models.get(proto, natural)
+        method = model_for(models, data, proto)
+        if method is None:  # its training diverged: not scored (never silently another model)
+            protocols[proto] = {"n": len(vis), "acc": None, "macro_f1": None, "auroc": None, "failed": True}
+            continue
         if proto == "natural":
             with PeakMemory() as mem:
                 t0 = time.perf_counter()
@@ -76,8 +84,9 @@ def score(models: dict[str, Method], data, seed: int) -> dict:
             by_size.setdefault(name.count("+") + 1, []).append(s["acc"])
         out["acc_by_visible_count"] = {str(k): float(np.mean(v)) for k, v in sorted(by_size.items())}
     out["protocols"], out["subsets"] = protocols, subsets
-    out["reconstruction"] = {proto: reconstruction(models.get(proto, natural), test_t, train_t, vis, seed)
-                             for proto, vis in data.test_masks.items() if proto.startswith("eta")}
+    out["reconstruction"] = {proto: reconstruction(model_for(models, data, proto), test_t, train_t, vis, seed)
+                             for proto, vis in data.test_masks.items()
+                             if proto.startswith("eta") and model_for(models, data, proto) is not None}
     out["reconstruction"] = {k: v for k, v in out["reconstruction"].items() if v}
     out["estimate_space"] = natural.estimate_space if out["reconstruction"] else None
     if data.class_mod is not None and hasattr(natural, "zero_shot_proba"):
@@ -131,7 +140,9 @@ def zero_shot(models: dict[str, Method], data, test_t: ModalTable, train_t: Moda
         v = vis.copy()
         v[:, c] = False
         rows = np.flatnonzero(v.any(1))
-        method = models.get(proto, models["natural"])
+        method = model_for(models, data, proto)
+        if method is None:
+            continue
         proba = method.zero_shot_proba(test_t.take(rows), v[rows], c, protos)
         out[proto] = classification_metrics(proba, data.y[data.split.test][rows])
     return out

@@ -6,7 +6,8 @@ For one method and one seed:
    fitted on the training rows with the shared :class:`~prom3e.methods.base.FitConfig`
    (epochs = the budget E); each fit keeps the weights of its best epoch on the validation
    rows (the third grid axis: epochs ≤ E). The point with the highest validation accuracy
-   wins (ties: the first in grid order). The test rows are never seen.
+   wins (ties: the first in grid order). The test rows are never seen. A point whose
+   training diverges is recorded as failed and not chosen (all failed: an error).
 2. **η regimes** (``train_missing="eta"``): the chosen (lr, width) is fitted again on the
    training rows hidden by a fixed η table (the MAPs/AOEPT protocol: train and test at the
    same missing rate; no extra modality dropout on top), with its best epoch chosen on
@@ -57,11 +58,18 @@ def regime_names(etas: list[float], train_missing: str) -> list[str]:
 
 
 def _fit(name: str, fit_cfg: FitConfig, options: dict, train, y, n_classes: int, val: ValidationSet
-         ) -> tuple[Method, dict]:
+         ) -> tuple[Method | None, dict]:
+    """A fitted method and its record; ``(None, record with 'failed')`` when training diverged."""
     method = create(name, fit_cfg, **options)
     with PeakMemory() as mem:
         t0, c0 = time.perf_counter(), time.process_time()
-        method.fit(train, y, n_classes, val)
+        try:
+            method.fit(train, y, n_classes, val)
+        except Prom3eError as e:
+            if "diverged" not in str(e) and "non-finite" not in str(e):
+                raise
+            return None, {"lr": fit_cfg.lr, "width": fit_cfg.width, "failed": str(e),
+                          "fit_seconds": time.perf_counter() - t0, "fit_cpu_seconds": time.process_time() - c0}
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return method, {"lr": fit_cfg.lr, "width": fit_cfg.width, "best_epoch": int(method.best_epoch),
                     "val_acc": float(method.best_val_acc), "fit_seconds": seconds, "fit_cpu_seconds": cpu,
@@ -85,10 +93,11 @@ def tune_and_fit(name: str, data, base: FitConfig, grid: Grid, options: dict, se
         val = ValidationSet(val_t, y_val, data.val_masks["natural"])
         method, rec = _fit(name, cfg, options, train_t, y_tr, data.n_classes, val)
         trials.append(rec)
-        if best is None or rec["val_acc"] > best["val_acc"]:
+        if method is not None and (best is None or rec["val_acc"] > best["val_acc"]):
             best, best_method = rec, method
         del method
-    assert best is not None and best_method is not None
+    if best is None or best_method is None:
+        raise Prom3eError(f"{name} seed {seed}: every grid point failed ({trials[0]['failed']})")
     models = {"natural": best_method}
     regimes = {"natural": best}
     for regime, train_vis in data.train_masks.items():
@@ -96,8 +105,11 @@ def tune_and_fit(name: str, data, base: FitConfig, grid: Grid, options: dict, se
             continue
         cfg = dataclasses.replace(base, lr=best["lr"], width=best["width"], seed=seed, drop_prob=0.0)
         val = ValidationSet(val_t, y_val, data.val_masks[regime])
-        models[regime], regimes[regime] = _fit(name, cfg, options, hide(train_t, train_vis), y_tr,
-                                               data.n_classes, val)
+        method, regimes[regime] = _fit(name, cfg, options, hide(train_t, train_vis), y_tr, data.n_classes, val)
+        if method is not None:  # a failed η refit leaves that protocol unscored for this seed (and says so)
+            models[regime] = method
+        else:
+            log(f"  {name} seed {seed}: the {regime} fit failed ({regimes[regime]['failed']}): not scored")
     record = {"trials": trials, "selected": {"lr": best["lr"], "width": best["width"]}, "regimes": regimes,
               "tuning_seconds": time.perf_counter() - t0, "tuning_cpu_seconds": time.process_time() - c0}
     if len(trials) > 1:
