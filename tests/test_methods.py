@@ -269,6 +269,10 @@ def test_hidden_modality_values_are_never_read(name: str) -> None:
         assert np.array_equal(m.predict_proba(g, vis), p), garbage
         if est is not None:
             assert np.array_equal(m.estimate(g, vis, 1)[0], est[0]), garbage
+    if est is not None:  # the *real* target (what R@1 ranks) is the table's, whatever is visible
+        assert np.allclose(m.estimate(table, table.present, 1)[1], est[1], atol=1e-6)
+        hidden = table.present[:, 1] & ~vis[:, 1]
+        assert np.abs(est[1][hidden]).sum(1).min() > 0  # not zeros where the target is hidden
 
 
 def test_cmpt_substitutes_proxies_for_hidden_modalities_and_gates_all() -> None:

@@ -77,10 +77,11 @@ class ImputeMethod(TorchMethod):
 
     @torch.no_grad()
     def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int):
+        """The filled ``target`` (from the visible modalities) and the table's real ``target``."""
         x, vis = self._inputs(table, visible)
         filled = self._fill_chunked(x, vis)
         d = self.dims[target]
-        return filled[:, target, :d].numpy(), x[:, target, :d].numpy()
+        return filled[:, target, :d].numpy(), table.features[target][:, :d]
 
 
 class ZeroFill(ImputeMethod):
