@@ -74,11 +74,12 @@ def dataset_table(name: str, data: str | None) -> Path:
 def summary(results: dict, command: list[str], wall: float) -> dict:
     """The small result file the docs render: config, per method the summary figures."""
     keep = ("protocols/", "reconstruction/", "fit_seconds", "fit_cpu_seconds", "tuning_seconds",
-            "tuning_cpu_seconds", "fit_peak_mib", "best_epoch", "val_acc", "zeroshot/")
+            "tuning_cpu_seconds", "fit_peak_mib", "best_epoch", "val_acc", "zeroshot/", "acc_by_visible_count/",
+            "seconds", "cpu_seconds")
     cfg = results["config"]
     methods = {}
     for name, r in results["methods"].items():
-        s = {k: v for k, v in r["summary"].items() if k.startswith(keep) and "/subsets/" not in k}
+        s = {k: v for k, v in r["summary"].items() if k.startswith(keep)}  # not the per-set "subsets/…"
         s = {k: v for k, v in s.items() if not k.startswith("reconstruction/") or "/mean/" in k}
         methods[name] = {"summary": s, "seeds": [p["seed"] for p in r["per_seed"]],
                          "selected": [p["tuning"]["selected"] for p in r["per_seed"]],
@@ -87,9 +88,12 @@ def summary(results: dict, command: list[str], wall: float) -> dict:
             "seeds", "etas", "train_frac", "val_frac", "train_missing", "grid", "split_column", "class_modality")
     return {"config": {k: cfg.get(k) for k in keys} | {"epochs": cfg["fit"]["epochs"],
                                                         "batch_size": cfg["fit"]["batch_size"]},
-            "methods": methods, "command": " ".join(command), "wall_seconds_last_invocation": round(wall),
+            "methods": methods, "order": list(results["methods"]), "command": " ".join(command),
+            "wall_seconds_last_invocation": round(wall),
             "method_seed_seconds": round(sum(p.get("seconds", 0) for r in results["methods"].values()
-                                             for p in r["per_seed"]))}
+                                             for p in r["per_seed"])),
+            "fit_cpu_seconds_total": round(sum(p["tuning_cpu_seconds"] for r in results["methods"].values()
+                                               for p in r["per_seed"]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", help="comma-separated subset of methods (default: all)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (1 seed, 1 epoch); no result file")
     p.add_argument("--no-save", action="store_true", help="do not write experiments/results/ nor the docs")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="no run: rewrite the result file and the docs from --out's finished results.json")
     args = p.parse_args(argv)
     from prom3e.cli import main as cli
 
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--methods", args.methods]
     cmd += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
     t0 = time.perf_counter()
-    rc = cli(cmd)
+    rc = 0 if args.summarise_only else cli(cmd)
     if rc != 0:
         return rc
     if args.quick or args.no_save:

@@ -59,11 +59,14 @@ def dataset_block(dataset: str) -> str:
     if r is None:
         return _not_run(dataset)
     n = len(r["config"]["seeds"])
+    cpu = (f", of which {r['fit_cpu_seconds_total'] / 60:.0f} CPU-min in the fits" if "fit_cpu_seconds_total" in r
+           else "")
     lines = [_config_line(r), "", f"Command: `{r['command']}` (sum over method × seed: "
-             f"{r['method_seed_seconds'] / 60:.0f} min at one thread).", "",
+             f"{r['method_seed_seconds'] / 60:.0f} min wall at one thread on the shared machine{cpu}).", "",
              "| method | acc η=0.7 | acc η=0.9 | acc natural | acc subsets | macro-F1 natural | AUROC natural "
              "| lr/width chosen | tuning CPU s |", "|---|---|---|---|---|---|---|---|---|"]
-    for m, v in r["methods"].items():
+    for m in r.get("order", r["methods"]):
+        v = r["methods"][m]
         s = v["summary"]
         sel = ", ".join(f"{p['lr']:g}/{p['width']}" for p in v["selected"])
         lines.append(f"| `{m}` | " + " | ".join(_cell(s, f"protocols/{p}/acc", n_want=n) for p in PROTOS)
@@ -75,7 +78,8 @@ def dataset_block(dataset: str) -> str:
               "an `own`-space R@1 is not comparable across methods. NM²I per prompted layer for the prompt "
               "methods.", "", "| method | space | R@1 η=0.7 | NM²I η=0.7 | NM²I per layer η=0.7 |",
               "|---|---|---|---|---|"]
-    for m, v in r["methods"].items():
+    for m in r.get("order", r["methods"]):
+        v = r["methods"][m]
         s = v["summary"]
         if v.get("estimate_space") is None:
             continue
