@@ -64,16 +64,18 @@ def dataset_block(dataset: str) -> str:
     lines = [_config_line(r), "", f"Command: `{r['command']}` (sum over method × seed: "
              f"{r['method_seed_seconds'] / 60:.0f} min wall at one thread on the shared machine{cpu}).", "",
              "| method | acc η=0.7 | acc η=0.9 | acc natural | acc subsets | macro-F1 natural | AUROC natural "
-             "| lr/width chosen | tuning CPU s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| lr/width chosen | best epoch | tuning CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m in r.get("order", r["methods"]):
         v = r["methods"][m]
         s = v["summary"]
         sel = ", ".join(f"{p['lr']:g}/{p['width']}" for p in v["selected"])
         lines.append(f"| `{m}` | " + " | ".join(_cell(s, f"protocols/{p}/acc", n_want=n) for p in PROTOS)
                      + f" | {_cell(s, 'protocols/natural/macro_f1', n_want=n)} | "
-                     f"{_cell(s, 'protocols/natural/auroc', n_want=n)} | {sel} | "
+                     f"{_cell(s, 'protocols/natural/auroc', n_want=n)} | {sel} | {_cell(s, 'best_epoch', 1, 1)} | "
                      f"{_cell(s, 'tuning_cpu_seconds', 1, 0)} |")
-    lines += ["", "Estimate of a hidden modality under η = 0.7 (mean over targets). R@1 is computed **in each "
+    lines += ["", f"`best epoch`: of the natural fit, chosen on validation, out of {r['config']['epochs']} — for "
+              "`prom3e` and `aoept-prom3e` out of the task phase's share (the other epochs pre-train).", ""]
+    lines += ["Estimate of a hidden modality under η = 0.7 (mean over targets). R@1 is computed **in each "
               "method's own space**: `raw` rows share the table's embedding space and compare with each other; "
               "an `own`-space R@1 is not comparable across methods. NM²I per prompted layer for the prompt "
               "methods.", "", "| method | space | R@1 η=0.7 | NM²I η=0.7 | NM²I per layer η=0.7 |",
