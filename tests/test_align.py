@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from prom3e.align.aligner import load_aligner
-from prom3e.align.supcon import LOGIT_SCALE_MAX, LogitScale, supcon_loss
-from prom3e.align.trainer import AlignConfig, fit_aligner, label_codes
+from prom3e.align.supcon import LOGIT_SCALE_MAX, LogitScale, positives, supcon_loss
+from prom3e.align.trainer import AlignConfig, fit_aligner
 from prom3e.cli import main
+from prom3e.data.labels import encode_labels
 from prom3e.data.table import ModalTable, read_table, write_parquet
 from prom3e.errors import Prom3eError
 
@@ -103,11 +104,13 @@ def test_labels_are_positives_and_help_the_weak_modality():
     z = al.transform(t)
     rows = np.flatnonzero(t.present[:, 0] & t.present[:, 2])
     sim = z.feature("c")[rows] @ z.feature("image")[rows].T
-    y = label_codes(t.meta["species"])[rows]
+    y = encode_labels(t.meta["species"])[0][rows]
     nn_same = (y[sim.argmax(1)] == y).mean()
     assert nn_same > 0.6  # 8 classes: chance 0.125
-    codes = label_codes(np.array(["a", None, "b", "a", float("nan"), ""], dtype=object))
-    assert codes[0] == codes[3] and len(set(codes[[1, 4, 5]])) == 3 and (codes[[1, 4, 5]] < 0).all()
+    codes, _ = encode_labels(np.array(["a", None, "b", "a", float("nan"), ""], dtype=object))
+    assert codes[0] == codes[3] and (codes[[1, 4, 5]] == -1).all()  # no label: never a class
+    pos = positives(torch.from_numpy(codes), 6, torch.device("cpu"))
+    assert pos[0, 3] and not pos[1, 4] and pos[1, 1] and pos.sum() == 8  # unlabelled: own positive only
 
 
 def test_fit_is_deterministic_and_roundtrips(tmp_path):
@@ -193,7 +196,10 @@ def test_align_cli_end_to_end(tmp_path, capsys):
     rec = load_aligner(model).record
     assert rec["fit_rows"] == int((t.meta["split"] == "train").sum())
     assert (model / "model.safetensors").exists()
-    assert main([*argv, "--anchor", "nope"]) == 2
+    before = out.read_bytes()
+    assert main([*argv, "--anchor", "image"]) == 2  # an existing output is not replaced silently
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    assert main([*argv, "--anchor", "nope", "--overwrite"]) == 2
     assert "unknown modality 'nope'" in capsys.readouterr().err
-    assert main([*argv, "--anchor", "image", "--fit-where", "split=never"]) == 2
+    assert main([*argv, "--anchor", "image", "--fit-where", "split=never", "--overwrite"]) == 2
     assert "no row has split = 'never'" in capsys.readouterr().err

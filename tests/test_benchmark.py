@@ -171,9 +171,9 @@ def test_output_location_is_checked_before_any_work(tmp_path, capsys) -> None:
     afile.write_text("x")
     base = ["benchmark", "--data", str(tmp_path / "does-not-exist.parquet"), "--label", "species"]
     assert main(base + ["--out", str(afile)]) == 2
-    assert "not a folder" in capsys.readouterr().err  # reported before the (missing) table is read
+    assert "is a file" in capsys.readouterr().err  # reported before the (missing) table is read
     assert main(base + ["--out", str(afile / "sub")]) == 2
-    assert "cannot create" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_modalities_that_leave_rows_empty_drop_and_count_them(tmp_path) -> None:

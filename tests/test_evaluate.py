@@ -202,7 +202,7 @@ def test_errors(table):
         evaluate(fuser, table, visible=[["radar"]])
     with pytest.raises(Prom3eError, match="unknown target"):
         evaluate(fuser, table, targets=["radar"])
-    with pytest.raises(Prom3eError, match="unknown task"):
+    with pytest.raises(Prom3eError, match="evaluation option .tasks.*should be .retrieval"):
         evaluate(fuser, table, tasks=["magic"])
     with pytest.raises(Prom3eError, match="no label column"):
         evaluate(fuser, table, label="genus_name")
@@ -234,3 +234,33 @@ def test_cli_end_to_end(tiny_run, small_parquet, tmp_path):
     assert "Command: `prom3e evaluate --model" in report and "--visible image+loc" in report
     assert main(["evaluate", "--model", str(tiny_run), "--data", str(small_parquet), "--out", str(out),
                  "--visible", "radar"]) == 2
+
+
+def test_cli_modalities_leave_out_columns(tiny_run, small_table, tmp_path, capsys):
+    """--modalities reads only those columns: an all-null one or one the model does not know
+    no longer stops the evaluation, and rows with none of them are left out (and said so)."""
+    import numpy as np
+
+    from prom3e.cli import main
+    from prom3e.data.table import ModalTable, write_parquet
+
+    t = small_table.take(np.arange(300))
+    n = len(t)
+    radar = np.zeros((n, 3), np.float32)
+    only_sound = np.zeros(n, bool)
+    only_sound[:5] = True  # five rows hold nothing but an unknown modality
+    present = t.present.copy()
+    present[only_sound] = False
+    extra = ModalTable([*t.modalities, "radar", "empty"], [*t.features, radar, radar],
+                       np.concatenate([present, only_sound[:, None], np.zeros((n, 1), bool)], 1), t.meta)
+    data = tmp_path / "extra.parquet"
+    write_parquet(extra, data)
+    args = ["evaluate", "--model", str(tiny_run), "--data", str(data), "--out", str(tmp_path / "e"),
+            "--tasks", "retrieval", "--visible", "image", "--targets", "text", "--quiet", "--no-plots",
+            "--device", "cpu"]
+    assert main(args) == 2
+    assert "modality column 'empty' has no non-null value" in capsys.readouterr().err
+    assert main([*args, "--modalities", ",".join(t.modalities)]) == 0
+    assert "5 row(s) have none of" in capsys.readouterr().out
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["settings"]["modalities"] == [x for x in t.modalities]

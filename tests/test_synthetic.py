@@ -163,6 +163,9 @@ def test_cli_writes_readable_table(tmp_path, capsys):
     t = read_table(out)
     assert t.modalities == ["image", "loc", "sound"] and t.dims == [16, 16, 16] and len(t) == 300
     assert list(tmp_path.joinpath("sub").iterdir()) == [out]  # atomic: no temp file left
-    bad = parser.parse_args(["synth", "--out", str(tmp_path / "x.parquet"), "--n", "0"])
+    assert cli.main(["synth", "--out", str(tmp_path / "x.parquet"), "--n", "0"]) == 2
+    assert "argument --n: must be ≥ 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+    bad = parser.parse_args(["synth", "--out", str(tmp_path / "x.parquet"), "--modalities", "image"])
     with pytest.raises(Prom3eError):
         bad.func(bad)

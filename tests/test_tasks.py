@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prom3e.data.table import ModalTable
+from prom3e.metrics import dedup_gallery
 from prom3e.tasks import gap, retrieval, uncertainty, zeroshot
 from prom3e.tasks.common import encode_labels, spearman, stratified_split, stratified_subsample, visible_sets
 from prom3e.tasks.oracle import OracleFuser
@@ -23,11 +24,32 @@ def test_rank_hand_case_with_ties():
     gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
     queries = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     true = torch.tensor([0, 2, 1, 3])
-    # q0: item 0 ties with item 2 (larger index) → rank 1
-    # q1: item 2 ties with item 0 (smaller index) → rank 2
-    # q2: item 1 is the only best → rank 1
-    # q3: scores .6, .8, .6, −.6 → three items above → rank 4
-    assert retrieval.rank_of_true(queries, gallery, true).tolist() == [1, 2, 1, 4]
+    # the one tie rule (prom3e.metrics): a tie counts against the query
+    # q0: item 0 ties with item 2 → rank 2;  q1: item 2 ties with item 0 → rank 2
+    # q2: item 1 is the only best → rank 1;  q3: scores .6, .8, .6, −.6 → three at least as high → 4
+    assert retrieval.rank_of_true(queries, gallery, true).tolist() == [2, 2, 1, 4]
+
+
+def test_nan_queries_are_misses_not_hits():
+    # issue 10 item 1: NaN scores used to rank first (R@1 = MRR = 1)
+    ranks = retrieval.rank_of_true(torch.full((4, 8), float("nan")), torch.randn(30, 8), [0, 5, 10, 29])
+    assert ranks.tolist() == [30, 30, 30, 30]
+    m = retrieval.recall_metrics(ranks)
+    assert m["r1"] == 0 and m["mrr"] == pytest.approx(1 / 30)
+    g = unit(np.random.default_rng(0).normal(size=(50, 8)))
+    q = g.clone()
+    q[::2] = float("nan")  # half the reconstructions broken
+    data = retrieval.PairData(None, q, torch.arange(50), g)
+    m, _ = retrieval.evaluate_pair(data, data)
+    assert m["r1_reconstruction"] == 0.5 and m["n_nonfinite"] == 25
+    if retrieval_faiss_ok():
+        assert (retrieval.rank_of_true(q, g, torch.arange(50), backend="faiss")[::2] == 50).all()
+
+
+def retrieval_faiss_ok() -> bool:
+    from prom3e.index import faiss_available
+
+    return faiss_available()
 
 
 def test_perfect_queries_give_r1_one():
@@ -37,13 +59,12 @@ def test_perfect_queries_give_r1_one():
     assert m["r1"] == m["r5"] == m["mrr"] == 1.0 and m["median_rank"] == 1.0
 
 
-def test_constant_query_is_exactly_chance():
-    # every score ties: the true item's rank is its index + 1, i.e. uniform over 1..G
+def test_constant_query_is_never_rewarded():
+    # every score ties: a tie counts against the query, so every rank is the worst
     g = unit(np.random.default_rng(1).normal(size=(100, 8)))
     ranks = retrieval.rank_of_true(torch.zeros(100, 8), g, torch.arange(100))
     m = retrieval.recall_metrics(ranks)
-    assert m["r1"] == pytest.approx(0.01) and m["r5"] == pytest.approx(0.05)
-    assert m["r10"] == pytest.approx(0.10) and m["median_rank"] == 50.0
+    assert m["r1"] == 0 and m["r10"] == 0 and m["median_rank"] == 100.0
 
 
 def test_shuffled_gallery_gives_chance():
@@ -71,7 +92,7 @@ def test_chunking_and_delta_mixing_are_consistent(monkeypatch):
     q, r = unit(rng.normal(size=(40, 8))), unit(rng.normal(size=(40, 8)))
     t = torch.from_numpy(rng.integers(0, 64, 40))
     full = retrieval.ranks_for_deltas(q, r, g, t, (0.0, 0.3, 1.0))
-    monkeypatch.setattr(retrieval, "_BUDGET", 64 * 3)  # 3 query rows per chunk
+    monkeypatch.setattr(retrieval, "chunk_rows", lambda g: 3)  # 3 query rows per chunk
     assert torch.equal(retrieval.ranks_for_deltas(q, r, g, t, (0.0, 0.3, 1.0)), full)
     for i, d in enumerate((0.0, 0.3, 1.0)):
         assert torch.equal(retrieval.rank_of_true((1 - d) * q + d * r, g, t), full[i])
@@ -95,7 +116,7 @@ def test_choose_delta_finds_the_informative_side():
 
 def test_dedup_gallery_merges_identical_vectors():
     x = np.array([[1, 0], [0, 1], [1, 0], [0, 2]], np.float32)
-    g, inv = retrieval.dedup_gallery(x)
+    g, inv = dedup_gallery(x)
     assert len(g) == 3 and inv[0] == inv[2] and len({int(inv[0]), int(inv[1]), int(inv[3])}) == 3
     assert torch.allclose(g[inv], unit(x))
 
@@ -134,6 +155,12 @@ def test_classify_metrics_by_hand():
     # a class without a prototype is always wrong
     m = zeroshot.classify_metrics(scores[:, :2], y, np.array([0, 1]), ks=(1,))
     assert m["top1"] == 0.5
+    # a NaN row and a tied top are misses, not the lowest column
+    bad = scores.clone()
+    bad[0] = float("nan")
+    bad[3] = torch.tensor([0.3, 0.3, 0.3])
+    m = zeroshot.classify_metrics(bad, y, np.array([0, 1, 2]), ks=(1, 2))
+    assert m["top1"] == 0.25 and m["top2"] == 0.5 and m["macro"] == pytest.approx(0.5 / 3)
 
 
 def test_detect_class_modality_and_prototypes():
@@ -309,7 +336,7 @@ def test_lbfgs_reaches_the_sklearn_optimum():
 def test_macro_f1_matches_sklearn():
     from sklearn.metrics import f1_score
 
-    from prom3e.tasks.probe import macro_f1
+    from prom3e.metrics import macro_f1
 
     rng = np.random.default_rng(17)
     y, p = rng.integers(0, 6, 100), rng.integers(1, 8, 100)

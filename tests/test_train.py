@@ -92,7 +92,7 @@ def test_fuser_api_batches_from_tables_numpy_and_torch(tiny_run, small_table):
     assert (two.sigma_l1[torch.from_numpy(both)] != post.sigma_l1[torch.from_numpy(both)]).all()
     with pytest.raises(Prom3eError, match="unknown modality 'photo'"):
         fuser.encode(part, visible=["photo"])
-    with pytest.raises(Prom3eError, match="n_samples must be ≥ 0"):
+    with pytest.raises(Prom3eError, match="'n_samples': must be ≥ 0"):
         fuser.reconstruct(part, ["text"], n_samples=-1)
     with pytest.raises(Prom3eError, match="modality 'text' has shape"):
         fuser.encode({"text": np.zeros((3, 5))})

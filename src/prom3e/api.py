@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from prom3e.data.table import ModalTable
+from prom3e.config import check_args
+from prom3e.data.table import ModalTable, check_vectors
 from prom3e.errors import Prom3eError
 from prom3e.models.prom3e import Posterior, Prom3e, Prom3eConfig
 from prom3e.runtime import autocast, resolve_device, resolve_precision
 from prom3e.train import checkpoint as ckpt
 
 Batch = ModalTable | dict | tuple
+_BOUNDS = {"batch_size": ">= 1", "n_samples": ">= 0", "seed": ">= 0"}
 
 
 class Fuser:
@@ -47,28 +49,41 @@ class Fuser:
         return list(self.model.cfg.dims)
 
     @classmethod
-    def load(cls, run: str | os.PathLike, device: str = "auto", which: str = "best",
-             precision: str = "auto", aligner: str | os.PathLike | None = None) -> Fuser:
-        """Load a run folder (``which='last'`` for the latest epoch instead of the best).
+    def load(cls, run: str | os.PathLike, device: Literal["auto", "cpu", "cuda"] = "auto",
+             which: Literal["best", "last"] = "best", precision: Literal["auto", "fp32", "bf16"] = "auto",
+             aligner: str | os.PathLike | None = None) -> Fuser:
+        """Load a trained model (``which='last'`` for a run's latest epoch instead of the best).
 
+        ``run``: a run folder (``prom3e train``) or exported folder (``prom3e export``), as a
+        path, ``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REVISION]`` (see :mod:`prom3e.hub`).
         ``precision='auto'`` runs bf16 where the hardware has bf16 matrix units (as training
         does); ``'fp32'`` for bit-exact comparisons with a model in memory. ``aligner``: a
-        folder written by ``prom3e align --model-out``; batches then hold raw encoder
-        features, which its heads map into the aligned space before fusion.
+        folder written by ``prom3e align --model-out`` (any reference form), or ``"bundled"``
+        for the heads an exported model carries; batches then hold raw encoder features,
+        which its heads map into the aligned space before fusion.
         """
-        run = Path(run)
-        if not run.is_dir():
-            raise Prom3eError(f"{run}: no such run folder")
+        check_args(Fuser.load, {"device": device, "which": which, "precision": precision}, where="Fuser.load")
+        from prom3e.hub import resolve_folder
+
+        run = resolve_folder(run, what="run folder")  # a reference → a local folder
+        if aligner == "bundled":
+            aligner = run / "aligner"
+            if not aligner.is_dir():
+                raise Prom3eError(f"{run}: bundles no aligner (export it with --aligner)")
+        elif aligner is not None:
+            aligner = resolve_folder(aligner, what="aligner folder")
         modalities, dims = ckpt.read_schema(run)
         config = ckpt.read_json(run / "config.json")
-        try:
-            mc = Prom3eConfig(**config["model"])
-        except (KeyError, TypeError) as e:
-            raise Prom3eError(f"{run}/config.json: malformed model config ({e})") from None
+        if not isinstance(config.get("model"), dict):
+            raise Prom3eError(f"{run}/config.json: malformed (no 'model' mapping)")
+        mc = Prom3eConfig.from_dict(config["model"], where=f"{run}/config.json: model")
         if mc.modalities != modalities or mc.dims != dims:
             raise Prom3eError(f"{run}: config.json and schema.json disagree on the modalities")
+        weights = run / ("model.safetensors" if which == "best" else "last/model.safetensors")
+        with torch.device("meta"):  # shapes only: a damaged config allocates nothing before the check
+            ckpt.check_header(Prom3e(mc), weights)
         model = Prom3e(mc)
-        ckpt.load_state_into(model, run / ("model.safetensors" if which == "best" else "last/model.safetensors"))
+        ckpt.load_state_into(model, weights)
         dev = resolve_device(device)
         heads = None
         if aligner is not None:
@@ -87,6 +102,7 @@ class Fuser:
         if isinstance(batch, dict) and self.aligner is not None:
             batch = self._dict_to_table(batch)
         if isinstance(batch, ModalTable):
+            batch.check_values()  # NaN/inf or overflowing vectors: one clear line, not a NaN output
             if self.aligner is not None:
                 batch = self.aligner.transform(batch)
             t = batch.check_schema(self.modalities, self.dims)
@@ -98,8 +114,9 @@ class Fuser:
             if present.shape != x.shape[:2]:
                 raise Prom3eError(f"present has shape {tuple(present.shape)}, want {tuple(x.shape[:2])}")
             x = x[..., : max(self.dims)].float()
-            if not torch.isfinite(x[present.bool()]).all():
-                raise Prom3eError("x contains NaN or inf in a present modality")
+            for m, name in enumerate(self.modalities):
+                rows = present[:, m].bool().nonzero()[:, 0].numpy()
+                check_vectors(x[:, m, : self.dims[m]].numpy(), name, "x", rows, select=True)
             return x, present.bool()
         if isinstance(batch, dict):
             return self._from_dict(batch)
@@ -134,8 +151,7 @@ class Fuser:
             if v.dim() != 2 or v.shape[1] != dim:
                 raise Prom3eError(f"modality '{name}' has shape {tuple(v.shape)}, want (B, {dim})")
             missing = torch.isnan(v).all(1)
-            if not torch.isfinite(v[~missing]).all():
-                raise Prom3eError(f"modality '{name}' contains NaN or inf in a present row")
+            check_vectors(v.numpy(), name, "batch", (~missing).nonzero()[:, 0].numpy(), select=True)
             x[:, m, :dim] = torch.where(missing[:, None], 0.0, v)
             present[:, m] = ~missing
         return x, present
@@ -169,6 +185,8 @@ class Fuser:
     def encode(self, batch: Batch, visible: Sequence[str] | None = None, hidden: bool = False,
                batch_size: int = 1024) -> Posterior:
         """Posterior of each row given its visible modalities (default: all present)."""
+        check_args(Fuser.encode, {"visible": visible, "hidden": hidden, "batch_size": batch_size}, _BOUNDS,
+                   "Fuser.encode")
         parts = []
         for x, vis in self._chunks(batch, visible, batch_size):
             with autocast(self.device, self.precision):
@@ -188,8 +206,9 @@ class Fuser:
         ``return_samples``, ``'{name}:samples'`` holds the draws ``[n, B, d]`` too; with
         ``return_sigma``, ``'sigma_l1'`` holds each row's ‖σ‖₁ ``[B]`` (same encoding pass).
         """
-        if n_samples < 0:
-            raise Prom3eError(f"n_samples must be ≥ 0 (0 decodes μ), got {n_samples}")
+        check_args(Fuser.reconstruct, {"targets": targets, "visible": visible, "n_samples": n_samples, "seed": seed,
+                                       "batch_size": batch_size, "return_samples": return_samples,
+                                       "return_sigma": return_sigma}, _BOUNDS, "Fuser.reconstruct")
         targets = list(targets) if targets is not None else self.modalities
         mods = [self._index(t) for t in targets]
         gen = torch.Generator(device=self.device).manual_seed(seed)

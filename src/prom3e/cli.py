@@ -16,6 +16,7 @@ from prom3e.errors import Prom3eError
 COMMANDS = [
     "demo",
     "synth",
+    "split",
     "train",
     "reconstruct",
     "evaluate",
@@ -25,11 +26,20 @@ COMMANDS = [
     "benchmark",
     "perf",
     "index",
+    "export",
+    "serve",
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2): ``prom3e train: error: argument --epochs: …``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="prom3e",
         description="Probabilistic multimodal embeddings with missing modalities.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version or a bad flag (already reported on one line)
+        return e.code if isinstance(e.code, int) else 2
     try:
         result = args.func(args)
     except Prom3eError as e:

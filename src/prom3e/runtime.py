@@ -46,3 +46,12 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def progress_bar(iterable=None, *, show: bool = True, **kwargs):
+    """A tqdm progress bar that is drawn only when ``show`` and its stream (stderr) is a
+    terminal (tqdm's ``disable=None``): a log file or a pipe gets no redraws. Callers print
+    their own one-line summaries (per epoch, per stage) so that a log still tells the story."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=None if show else True, **kwargs)

@@ -17,19 +17,25 @@ import numpy as np
 from torch import nn
 
 from prom3e.align.heads import apply, build
-from prom3e.data.table import ModalTable, atomic_write
+from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write
 
 FORMAT = "prom3e.aligner/1"
+ALIGNER_FILES = ("config.json", "model.safetensors")
 
 
 class Aligner:
     def __init__(self, anchor: str, dim: int, heads: dict[str, nn.Module],
-                 record: dict[str, Any] | None = None, device: str = "cpu") -> None:
+                 record: dict[str, Any] | None = None, device: str = "cpu",
+                 encoders: dict[str, dict] | None = None) -> None:
         if anchor not in heads:
             raise Prom3eError(f"the aligner has no head for its anchor '{anchor}'")
         self.anchor, self.dim, self.heads = anchor, int(dim), heads
         self.record = record or {}
+        # {modality: the encoder config 'prom3e embed' recorded for its feature column}: what
+        # turns a raw input into this head's input (prom3e serve rebuilds it)
+        self.encoders = {m: c for m, c in (encoders or {}).items() if m in heads}
         self.device = device
         for h in heads.values():
             h.to(device).eval()
@@ -81,7 +87,7 @@ class Aligner:
             for k, v in h.state_dict().items():
                 tensors[f"heads.{i}.{k}"] = v.detach().cpu().contiguous()
         cfg = {"format": FORMAT, "anchor": self.anchor, "dim": self.dim, "modalities": mods,
-               "train": self.record}
+               "encoders": self.encoders, "train": self.record}
         atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp))
         atomic_write(path / "config.json",
                      lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=1, default=_json)))
@@ -124,4 +130,4 @@ def load_aligner(path: str | os.PathLike, device: str = "cpu") -> Aligner:
             raise Prom3eError(f"{w_path}: weights do not fit head '{m['name']}' "
                               f"({str(e).splitlines()[0]})") from None
         heads[m["name"]] = head
-    return Aligner(cfg["anchor"], cfg["dim"], heads, cfg.get("train"), device)
+    return Aligner(cfg["anchor"], cfg["dim"], heads, cfg.get("train"), device, cfg.get("encoders"))

@@ -31,18 +31,20 @@ class LogitScale(nn.Module):
 
 
 def positives(labels: Tensor | None, n: int, device: torch.device) -> Tensor:
-    """``bool[n, n]``: same label (or only the diagonal without labels)."""
+    """``bool[n, n]``: same label (or only the diagonal without labels); a row with label
+    −1 (no label) is only its own positive."""
+    eye = torch.eye(n, dtype=torch.bool, device=device)
     if labels is None:
-        return torch.eye(n, dtype=torch.bool, device=device)
-    return labels[:, None] == labels[None, :]
+        return eye
+    return eye | ((labels[:, None] == labels[None, :]) & (labels[:, None] >= 0))
 
 
 def supcon_loss(z: Tensor, anchor: Tensor, scale: Tensor, labels: Tensor | None = None) -> Tensor:
     """Symmetric supervised contrastive loss between paired rows.
 
     ``z`` and ``anchor`` are ``[B, D]`` unit vectors (row i of each is a pair); ``scale`` is
-    the (exponentiated) logit scale; with ``labels`` (``int[B]``), every same-label pair is a
-    positive, so duplicates of a class are not pushed apart. Each direction averages
+    the (exponentiated) logit scale; with ``labels`` (``int[B]``, −1 = none), every
+    same-label pair is a positive, so duplicates of a class are not pushed apart. Each direction averages
     ``-log softmax`` over a row's positives; the loss is the mean of both directions.
     """
     logits = scale * z @ anchor.T

@@ -12,24 +12,28 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from prom3e.align.aligner import Aligner
+from prom3e.align.aligner import ALIGNER_FILES, Aligner
 from prom3e.align.heads import AnchorProjection, Head, apply
 from prom3e.align.supcon import LogitScale, supcon_loss
+from prom3e.config import Options
+from prom3e.data.labels import encode_labels
 from prom3e.data.table import ModalTable
 from prom3e.encoders.base import resolve_device
 from prom3e.errors import Prom3eError
+from prom3e.metrics import label_ranks, recall_at_k, retrieval_ranks
+from prom3e.runtime import progress_bar
 
 
 @dataclass
-class AlignConfig:
+class AlignConfig(Options):
     dim: int | None = None  # D; default: min(512, anchor dim)
-    anchor_proj: str = "pca"  # pca | pca_whiten | center
-    head: str = "mlp"  # mlp | linear (trainable encoders always use their tower)
+    anchor_proj: Literal["pca", "pca_whiten", "center"] = "pca"
+    head: Literal["mlp", "linear"] = "mlp"  # trainable encoders always use their tower
     hidden: int = 1024
     dropout: float = 0.1
     epochs: int = 100
@@ -41,22 +45,16 @@ class AlignConfig:
     val_frac: float = 0.1
     patience: int = 10
     seed: int = 0
-    device: str = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
     # CPU threads while training (0: leave torch's setting). The heads are small: one
     # thread is near the fastest, and on a busy machine multi-threaded small ops stall.
     threads: int = 1
 
-
-def label_codes(values: np.ndarray) -> np.ndarray:
-    """Labels → ``int64`` codes; empty labels get unique negative codes (own class only)."""
-    vals = np.asarray(values, dtype=object)
-    empty = np.array([v is None or (isinstance(v, float) and v != v) or v == "" for v in vals])
-    codes = np.empty(len(vals), np.int64)
-    if (~empty).any():
-        _, inv = np.unique(vals[~empty].astype(str), return_inverse=True)
-        codes[~empty] = inv
-    codes[empty] = -1 - np.arange(int(empty.sum()))
-    return codes
+    WHAT: ClassVar[str] = "align option"
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "dim": ">= 1", "hidden": ">= 1", "dropout": "[0, 1)", "epochs": ">= 1", "batch_size": ">= 2", "lr": "> 0",
+        "weight_decay": ">= 0", "betas": "[0, 1)", "eps": "> 0", "val_frac": "[0, 1)", "patience": ">= 0",
+        "seed": ">= 0", "threads": ">= 0"}
 
 
 def _batches(n: int, bs: int, g: torch.Generator | None) -> list[torch.Tensor]:
@@ -136,24 +134,34 @@ def _train_head(head: Head, x: np.ndarray, za: torch.Tensor, labels: np.ndarray 
                                                           else hist["train_loss"])) + 1,
                            "logit_scale": float(scale().detach()), **hist}
     if n_val:
-        with torch.no_grad():
-            z = head(xt[va_t])
-            sim = z @ za[va_t].T
-            nn_ = sim.argmax(1)
-            same = (lab[va_t][nn_] == lab[va_t]) if lab is not None else (
-                nn_ == torch.arange(n_val, device=device))
         rec["val_loss_best"] = float(np.nanmin(hist["val_loss"]))
-        rec["val_top1"] = float(same.float().mean())  # nearest anchor shares the label/row
+        rec["val_top1"] = _val_top1(head, xt[va_t], za[va_t], None if lab is None else lab[va_t], cfg.batch_size)
     return rec
+
+
+@torch.no_grad()
+def _val_top1(head: Head, x: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor | None, bs: int) -> float:
+    """Share of validation rows whose nearest anchor is their own (or, with labels, shares the
+    label): rank 1 under :mod:`prom3e.metrics`' tie rule, chunked (no n × n matrix)."""
+    z = torch.cat([head(x[i:i + bs]).float().cpu() for i in range(0, len(x), bs)])
+    a = anchors.float().cpu()
+    if labels is None:
+        ranks = retrieval_ranks(z, a, torch.arange(len(z)))
+    else:  # an unlabelled row matches only its own anchor
+        lab = labels.cpu().long()
+        lab = torch.where(lab >= 0, lab, -1 - torch.arange(len(lab)))
+        ranks = label_ranks(z, a, lab, lab)
+    return float(recall_at_k(ranks, 1))
 
 
 def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
                 config: AlignConfig | None = None, encoders: dict[str, dict] | None = None,
                 progress: bool = True) -> Aligner:
     """Fit the anchor projection and every other modality's head on ``table``'s rows."""
-    from tqdm.auto import tqdm
 
     cfg = config or AlignConfig()
+    cfg.validate()
+    table.check_values()  # huge or NaN inputs: one clear line, not a failure inside eigh
     device = resolve_device(cfg.device)
     encoders = encoders or {}
     a = table.index(anchor)
@@ -168,7 +176,7 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
     proj.fit(torch.from_numpy(table.features[a][arows]))
     za_all = np.zeros((len(table), dim), np.float32)
     za_all[arows] = apply(proj, table.features[a][arows])
-    codes = None if label is None else label_codes(table.label(label))
+    codes = None if label is None else encode_labels(table.label(label))[0]  # −1: no label
 
     heads: dict[str, Any] = {}
     record: dict[str, Any] = {"config": asdict(cfg), "label": label,
@@ -178,8 +186,7 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
     torch_state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     if cfg.threads and device == "cpu":
         torch.set_num_threads(cfg.threads)
-    bar = tqdm(total=cfg.epochs * len(others), unit="epoch", desc="align",
-               disable=not progress)
+    bar = progress_bar(total=cfg.epochs * len(others), show=progress, unit="epoch", desc="align")
     try:
         for m in range(len(table.modalities)):
             name = table.modalities[m]
@@ -206,7 +213,7 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
         bar.close()
         torch.random.set_rng_state(torch_state)
         torch.set_num_threads(threads)
-    return Aligner(anchor, dim, heads, record, device)
+    return Aligner(anchor, dim, heads, record, device, encoders)
 
 
 def parse_where(expr: str | None, table: ModalTable) -> np.ndarray:
@@ -226,17 +233,26 @@ def parse_where(expr: str | None, table: ModalTable) -> np.ndarray:
 def align_file(data: str | os.PathLike, anchor: str, out: str | os.PathLike,
                model_out: str | os.PathLike, label: str | None = None,
                config: AlignConfig | None = None, fit_where: str | None = None,
-               modalities: list[str] | None = None, progress: bool = True) -> Aligner:
-    """The ``prom3e align`` command: read, fit (on ``fit_where`` rows), transform, write."""
+               modalities: list[str] | None = None, progress: bool = True,
+               overwrite: bool = False) -> Aligner:
+    """The ``prom3e align`` command: read, fit (on ``fit_where`` rows), transform, write.
+
+    Both outputs are checked before the work (an input is never replaced; an existing output
+    only with ``overwrite``)."""
     from prom3e.data.table import read_table, write_parquet
     from prom3e.encoders.embed import encoder_configs
+    from prom3e.io import check_output_dir, check_output_file
 
+    cfg = config or AlignConfig()
+    cfg.validate()
+    check_output_file(out, inputs=[data], overwrite=overwrite)
+    check_output_dir(model_out, products=ALIGNER_FILES, inputs=[data, out], overwrite=overwrite, what="--model-out")
     table = read_table(data, modalities)
     table.index(anchor)  # a clear error for an unknown anchor
     if label is not None:
         table.label(label)
     fit = parse_where(fit_where, table)
-    aligner = fit_aligner(table.take(np.flatnonzero(fit)), anchor, label, config,
+    aligner = fit_aligner(table.take(np.flatnonzero(fit)), anchor, label, cfg,
                           encoder_configs(data), progress)
     aligner.record["fit_rows"] = int(fit.sum())
     aligner.record["fit_where"] = fit_where

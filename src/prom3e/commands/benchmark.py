@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, count, int_list, number, number_list, subparser
 
 EXAMPLES = """\
   prom3e synth --out synth.parquet
@@ -14,6 +14,9 @@ EXAMPLES = """\
 """
 
 
+OUTPUTS = ("results*",)  # results.json, results.md, results.png (and partial results)
+
+
 def add_parser(sub) -> None:
     from prom3e.methods import METHODS
 
@@ -23,41 +26,35 @@ def add_parser(sub) -> None:
     p.add_argument("--label", required=True, help="metadata column to classify")
     p.add_argument("--out", required=True, help="folder for results.json, results.md, results.png")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default: all: {','.join(METHODS)})")
-    p.add_argument("--modalities", help="comma-separated subset of modality columns to use")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs of every method (default: 20)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=64, help="hidden width of every method (default: 64)")
-    p.add_argument("--lrs", help="tuning grid: comma-separated learning rates (default: --lr)")
-    p.add_argument("--widths", help="tuning grid: comma-separated widths (default: --width)")
-    p.add_argument("--val-frac", type=float, default=0.15,
+    p.add_argument("--modalities", help="comma-separated subset of modality columns to use (default: all; rows "
+                   "left with none are dropped and counted)")
+    p.add_argument("--epochs", type=count(1), default=20, help="training epochs of every method (default: 20)")
+    p.add_argument("--batch-size", type=count(2), default=256)
+    p.add_argument("--lr", type=number(0, low_open=True), default=1e-3)
+    p.add_argument("--width", type=count(4), default=64, help="hidden width of every method (default: 64)")
+    p.add_argument("--lrs", type=number_list(0), help="tuning grid: comma-separated learning rates (default: --lr)")
+    p.add_argument("--widths", type=int_list(4), help="tuning grid: comma-separated widths (default: --width)")
+    p.add_argument("--val-frac", type=number(0, 1, low_open=True, high_open=True), default=0.15,
                    help="share of the training rows held out for validation (every choice is made on it)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds: split + init (default: 0)")
-    p.add_argument("--etas", default="0.7,0.9", help="missing rates of the fixed-table protocol")
+    p.add_argument("--seeds", type=int_list(0), default="0", help="comma-separated seeds: split + init (default: 0)")
+    p.add_argument("--etas", type=number_list(0, 1, high_open=True), default="0.7,0.9",
+                   help="missing rates of the fixed-table protocol")
     p.add_argument("--train-missing", choices=["natural", "eta"], default="eta",
                    help="eta (default): each η protocol trains at that η; natural: one model, natural missingness")
     p.add_argument("--keep-leaking", action="store_true",
                    help="keep one-vector-per-class modalities (label leaks) as inputs (default: left out)")
     p.add_argument("--split-column", help="metadata column of train/val/test values that fixes the split")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
-    p.add_argument("--overwrite", action="store_true", help="replace the results in --out")
-    p.add_argument("--subset-cap", type=int, default=1000, help="test rows per visible set (default: 1000)")
-    p.add_argument("--max-rows", type=int, help="use a stratified subsample of this many rows")
+    p.add_argument("--subset-cap", type=count(1), default=1000, help="test rows per visible set (default: 1000)")
+    p.add_argument("--max-rows", type=count(4), help="use a stratified subsample of this many rows (default: all rows)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. moe-retriever.mode=weighted_mean, aoept.prompt_len=8")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=count(1), help="CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no per-method progress lines; results and warnings "
+                   "still print")
+    add_overwrite(p, "results in OUT")
     add_common(p, seed=False)
     p.set_defaults(func=run)
-
-
-def _floats(text: str, what: str) -> list[float]:
-    from prom3e.errors import Prom3eError
-
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise Prom3eError(f"--{what}: expected comma-separated numbers, got '{text}'") from None
 
 
 def parse_options(items: list[str]) -> dict[str, dict]:
@@ -80,6 +77,7 @@ def run(args) -> int:
     import torch
 
     from prom3e.errors import Prom3eError
+    from prom3e.io import check_output_dir
     from prom3e.methods import METHODS, FitConfig
     from prom3e.methods.benchmark import BenchConfig, load_table, run_benchmark, write_outputs
     from prom3e.methods.store import ResultStore
@@ -87,27 +85,26 @@ def run(args) -> int:
     from prom3e.runtime import resolve_device
     from prom3e.tasks.common import encode_labels, stratified_subsample
 
-    store = ResultStore(args.out, resume=args.resume, overwrite=args.overwrite)  # before any work
-    if args.threads:
-        torch.set_num_threads(args.threads)
     resolve_device(args.device)  # fail early on --device cuda without CUDA
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     options = parse_options(args.option)
     bad = [m for m in options if m not in METHODS]
     if bad:
         raise Prom3eError(f"--option for unknown method '{bad[0]}' (have: {', '.join(METHODS)})")
-    seeds = [int(s) for s in _floats(args.seeds, "seeds")]
-    grid = Grid(_floats(args.lrs, "lrs") if args.lrs else [args.lr],
-                [int(w) for w in _floats(args.widths, "widths")] if args.widths else [args.width])
-    table = load_table(args.data, args.label, args.modalities.split(",") if args.modalities else None)
-    if args.max_rows and args.max_rows < len(table):
-        codes, _ = encode_labels(table.label(args.label))
-        table = table.take(stratified_subsample(np.arange(len(table)), codes, args.max_rows, 0))
-    cfg = BenchConfig(methods=methods, seeds=seeds, etas=_floats(args.etas, "etas"), train_missing=args.train_missing,
+    grid = Grid(args.lrs or [args.lr], args.widths or [args.width])
+    cfg = BenchConfig(methods=methods, seeds=args.seeds, etas=args.etas, train_missing=args.train_missing,
                       subset_cap=args.subset_cap, method_options=options, grid=grid, val_frac=args.val_frac,
                       leak_policy="keep" if args.keep_leaking else "drop", split_column=args.split_column,
                       fit=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=grid.lrs[0],
                                     width=grid.widths[0], device=args.device, progress=False))
+    check_output_dir(args.out, products=OUTPUTS, inputs=[args.data], overwrite=True)  # inputs, file, writable
+    store = ResultStore(args.out, resume=args.resume, overwrite=args.overwrite)  # held results: before any work
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = load_table(args.data, args.label, args.modalities.split(",") if args.modalities else None)
+    if args.max_rows and args.max_rows < len(table):
+        codes, _ = encode_labels(table.label(args.label))
+        table = table.take(stratified_subsample(np.arange(len(table)), codes, args.max_rows, 0))
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     results = run_benchmark(table, args.label, cfg, log, store=store)
     paths = write_outputs(results, args.out)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prom3e.commands.common import add_common, subparser
+from prom3e.commands.common import add_common, add_overwrite, add_quiet, count, number, subparser
 
 EXAMPLES = """\
   prom3e demo                       # writes demo-output/
@@ -10,15 +10,20 @@ EXAMPLES = """\
 """
 
 
+PRODUCTS = ("train.parquet", "test.parquet", "run", "eval")
+
+
 def add_parser(sub) -> None:
     p = subparser(sub, "demo", "Generate synthetic ecology data, train ProM3E, evaluate, write a report.",
                   EXAMPLES)
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--n", type=int, default=20000, help="rows to generate (default: 20000)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
-    p.add_argument("--model", default="base", choices=["tiny", "base", "paper", "large"])
-    p.add_argument("--test-fraction", type=float, default=0.2,
+    p.add_argument("--n", type=count(10), default=20000, help="rows to generate (default: 20000)")
+    p.add_argument("--epochs", type=count(1), default=15, help="training epochs (default: 15)")
+    p.add_argument("--model", default="base", choices=["tiny", "base", "paper", "large"], help="architecture")
+    p.add_argument("--test-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.2,
                    help="rows held out from training for the evaluation (default: 0.2)")
+    add_overwrite(p, "demo output in OUT")
+    add_quiet(p, "progress bars")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -32,14 +37,16 @@ def run(args) -> int:
     from prom3e.api import Fuser
     from prom3e.data.synthetic import SynthConfig, generate_table
     from prom3e.data.table import write_parquet
-    from prom3e.errors import Prom3eError
+    from prom3e.io import check_output_dir, remove_products
     from prom3e.tasks.evaluate import evaluate
     from prom3e.train.loop import TrainConfig, train
 
-    if not 0 < args.test_fraction < 1:
-        raise Prom3eError("--test-fraction must be in (0, 1)")
     t0 = time.perf_counter()
     out = Path(args.out)
+    check_output_dir(out, products=PRODUCTS, overwrite=args.overwrite)
+    cfg = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed, device=args.device)
+    if args.overwrite:
+        remove_products(out, PRODUCTS)
     table = generate_table(SynthConfig(n=args.n, seed=args.seed))
     perm = np.random.default_rng(args.seed).permutation(len(table))
     n_test = int(len(table) * args.test_fraction)
@@ -48,14 +55,13 @@ def run(args) -> int:
     write_parquet(test, out / "test.parquet")
     print(f"[1/3] synthetic data: {len(fit)} training + {len(test)} held-out rows, modalities "
           f"{', '.join(table.modalities)} → {out}/train.parquet, test.parquet", flush=True)
-    cfg = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed, device=args.device)
-    summary = train(fit, out / "run", cfg)
+    summary = train(fit, out / "run", cfg, progress=not args.quiet)
     t_train = time.perf_counter() - t0
     print(f"[2/3] trained in {t_train:.0f}s: best validation R@1 {summary['best_val_r1_mean']:.3f}",
           flush=True)
     fuser = Fuser.load(out / "run", device=args.device)
     metrics = evaluate(fuser, test, label="species", out_dir=out / "eval", seed=args.seed,
-                       progress=True, command=f"prom3e demo --out {args.out} --seed {args.seed}")
+                       progress=not args.quiet, command=f"prom3e demo --out {args.out} --seed {args.seed}")
     total = time.perf_counter() - t0
     print(f"[3/3] evaluated → {out}/eval/report.md, metrics.json ({total:.0f}s in all)")
     for line in headline(metrics):
@@ -70,7 +76,9 @@ def headline(metrics: dict) -> list[str]:
     for key in ("r1_cross_mean", "r1_reconstruction_mean", "r1_inversion_mean"):
         if r.get(key) is not None:
             lines.append(f"retrieval {key}: {r[key]:.3f}")
+    from prom3e.commands.evaluate import verdict
+
     for name, ok in metrics.get("claims", {}).items():
         if isinstance(ok, dict) and "holds" in ok:
-            lines.append(f"claim '{name}': {'holds' if ok['holds'] else 'does not hold'}")
+            lines.append(f"claim '{name}': {verdict(ok)}")
     return lines

@@ -21,19 +21,23 @@ The generative story:
    always for plants); ``always_present`` modalities are kept, and every row keeps one.
 
 Same seed, same config: byte-identical table. Taxonomy, ranges and rows do not depend on
-which modalities are asked for.
+which modalities are asked for. :func:`generate_parts` builds a larger table part by part
+(memory: one part) in the same world.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from prom3e.config import Options
 from prom3e.data.table import ModalTable, from_arrow, vectors_to_arrow
 from prom3e.errors import Prom3eError
 
@@ -46,7 +50,7 @@ _GENERIC = re.compile(r"m\d+")
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(Options):
     """What to generate.
 
     ``noise`` scales every noise level (1 = default difficulty); ``always_present`` names
@@ -65,14 +69,12 @@ class SynthConfig:
     cell_deg: float = 3.0
     zipf: float = 0.8
 
-    def validate(self) -> None:
+    WHAT: ClassVar[str] = "synthetic-data option"
+    BOUNDS: ClassVar[dict[str, str]] = {"n": ">= 1", "dim": ">= 4", "n_species": ">= 2", "missing_rate": "[0, 1)",
+                                        "noise": ">= 0", "seed": ">= 0", "cell_deg": "(0, 90]", "zipf": ">= 0"}
+
+    def check(self) -> None:
         mods = tuple(self.modalities)
-        if self.n <= 0:
-            raise Prom3eError(f"n (rows) must be > 0, got {self.n}")
-        if self.dim < 4:
-            raise Prom3eError(f"dim must be >= 4, got {self.dim}")
-        if self.n_species < 2:
-            raise Prom3eError(f"n_species must be >= 2, got {self.n_species}")
         if not 2 <= len(mods) <= 16:
             raise Prom3eError(f"give 2 to 16 modalities, got {len(mods)}")
         if len(set(mods)) != len(mods):
@@ -85,10 +87,6 @@ class SynthConfig:
         for m in self.always_present:
             if m not in mods:
                 raise Prom3eError(f"always_present '{m}' is not among the modalities")
-        if not 0.0 <= self.missing_rate < 1.0:
-            raise Prom3eError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
-        if self.noise < 0 or not 0 < self.cell_deg <= 90 or self.zipf < 0:
-            raise Prom3eError("noise and zipf must be >= 0, cell_deg in (0, 90]")
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
@@ -142,112 +140,178 @@ class _Field:
         return _unit(np.tanh(h, out=h).astype(np.float64))
 
 
-def generate(cfg: SynthConfig | None = None) -> pa.Table:
-    """Generate the table: metadata columns, then one ``list<float32>`` column per modality."""
-    cfg = cfg or SynthConfig()
-    cfg.validate()
-    n, d, s, mods = cfg.n, cfg.dim, cfg.n_species, tuple(cfg.modalities)
-    parents, lat, names = _taxonomy(s, d, _rng(cfg.seed, "taxonomy"))
-    z = _unit(lat[-1])  # species latents
-    env_field = _Field(_rng(cfg.seed, "env_field"), d, freq=1.5)
-    loc_field = _Field(_rng(cfg.seed, "loc_field"), d, freq=4.0)
+class _World:
+    """What every row shares: taxonomy, fields, species ranges and seasons (from the seed)."""
 
-    # ranges: 1-3 blobs per species, centred on the best of 64 candidate spots for its taste
-    r = _rng(cfg.seed, "ranges")
-    pref = _unit(r.normal(size=(s, d)))
-    cand = _unit(r.normal(size=(s, 64, 3)))
-    score = np.einsum("skd,sd->sk", env_field(cand.reshape(-1, 3)).reshape(s, 64, d), pref)
-    centers = np.take_along_axis(cand, np.argsort(-score, 1)[:, :3, None], 1)  # (s, 3, 3)
-    n_blobs = r.integers(1, 4, s)
-    logw = np.where(np.arange(3) < n_blobs[:, None], 0.0, -np.inf) - np.log(n_blobs)[:, None]
-    sigma = np.radians(r.uniform(3, 12, (s, 3)))
-    freq = 1.0 / (1.0 + r.permutation(s)) ** cfg.zipf
-    freq /= freq.sum()
-    peak, spread = r.uniform(0, 365, s), r.uniform(20, 60, s)
+    def __init__(self, cfg: SynthConfig) -> None:
+        self.cfg = cfg
+        d, s = cfg.dim, cfg.n_species
+        self.parents, lat, self.names = _taxonomy(s, d, _rng(cfg.seed, "taxonomy"))
+        self.z = _unit(lat[-1])  # species latents
+        self.env_field = _Field(_rng(cfg.seed, "env_field"), d, freq=1.5)
+        self.loc_field = _Field(_rng(cfg.seed, "loc_field"), d, freq=4.0)
+        # ranges: 1-3 blobs per species, centred on the best of 64 candidate spots for its taste
+        r = _rng(cfg.seed, "ranges")
+        pref = _unit(r.normal(size=(s, d)))
+        cand = _unit(r.normal(size=(s, 64, 3)))
+        score = np.einsum("skd,sd->sk", self.env_field(cand.reshape(-1, 3)).reshape(s, 64, d), pref)
+        self.centers = np.take_along_axis(cand, np.argsort(-score, 1)[:, :3, None], 1)  # (s, 3, 3)
+        self.n_blobs = r.integers(1, 4, s)
+        logw = np.where(np.arange(3) < self.n_blobs[:, None], 0.0, -np.inf) - np.log(self.n_blobs)[:, None]
+        self.sigma = np.radians(r.uniform(3, 12, (s, 3)))
+        freq = 1.0 / (1.0 + r.permutation(s)) ** cfg.zipf
+        self.freq = freq / freq.sum()
+        self.peak, self.spread = r.uniform(0, 365, s), r.uniform(20, 60, s)
+        kappa = 1.0 / self.sigma**2
+        self.c32 = self.centers.reshape(-1, 3).astype(np.float32)
+        self.kappa32 = kappa.reshape(-1).astype(np.float32)
+        self.bias = (np.log(kappa) - kappa + logw + np.log(self.freq)[:, None]).reshape(-1).astype(np.float32)
 
-    # observations
-    r = _rng(cfg.seed, "rows")
-    sp = r.choice(s, n, p=freq)
-    blob = (r.random(n) * n_blobs[sp]).astype(np.int64)
-    p = _unit(centers[sp, blob] + r.normal(size=(n, 3)) * sigma[sp, blob][:, None])
-    la = np.degrees(np.arcsin(np.clip(p[:, 2], -1, 1)))
-    lo = np.degrees(np.arctan2(p[:, 1], p[:, 0]))
-    day = (np.floor(peak[sp] + r.normal(0, 1, n) * spread[sp]) % 365 + 1).astype(np.int16)
-    g, n_cols = cfg.cell_deg, int(np.ceil(360 / cfg.cell_deg))  # satellite grid cells
-    row = np.minimum(np.floor((la + 90) / g), np.ceil(180 / g) - 1)
-    cell = (row * n_cols + np.minimum(np.floor((lo + 180) / g), n_cols - 1)).astype(np.int64)
-    cells, cell_inv = np.unique(cell, return_inverse=True)
-    cp = _sphere((cells // n_cols + 0.5) * g - 90, (cells % n_cols + 0.5) * g - 180)  # centres
-    kappa = 1.0 / sigma**2
-    c32, kappa32 = centers.reshape(-1, 3).astype(np.float32), kappa.reshape(-1).astype(np.float32)
-    bias = (np.log(kappa) - kappa + logw + np.log(freq)[:, None]).reshape(-1).astype(np.float32)
-
-    def mixture(q: np.ndarray) -> np.ndarray:
+    def mixture(self, q: np.ndarray) -> np.ndarray:
         """Expected species latent at each point (what a stage-1 aligned geo encoder learns):
         sum over species of p(species | location) * latent, with vMF-like range blobs."""
-        lg = q.astype(np.float32) @ c32.T
-        lg *= kappa32
-        lg += bias
+        lg = q.astype(np.float32) @ self.c32.T
+        lg *= self.kappa32
+        lg += self.bias
         lg -= lg.max(1, keepdims=True)
         w = np.exp(np.maximum(lg, -50.0, out=lg), out=lg)
-        return _unit(w.reshape(len(q), s, 3).sum(-1, dtype=np.float64) @ z)
+        return _unit(w.reshape(len(q), self.cfg.n_species, 3).sum(-1, dtype=np.float64) @ self.z)
 
-    anc = [sp]  # ancestor index at each level, species first
-    for par in reversed(parents):
-        anc.append(par[anc[-1]])
-    kingdom = anc[-1]
-    columns: dict[str, pa.Array] = {"id": pa.array(np.arange(n, dtype=np.int64))}
-    for lev, idx in zip(LEVELS, reversed(anc), strict=True):
-        columns[lev] = pa.array(names[LEVELS.index(lev)][idx])
-    columns |= {"lat": pa.array(la), "lon": pa.array(lo), "day_of_year": pa.array(day),
-                "cell": pa.array(cell)}
+    def sat_content(self, cp: np.ndarray) -> np.ndarray:
+        """A satellite tile's content at grid-cell centres ``cp``."""
+        return 0.5 * self.mixture(cp) + self.env_field(cp) + 0.5 * self.loc_field(cp)
 
-    # embeddings; content at the observation points is computed once, and only if needed
-    @cache
-    def at_p(key: str) -> np.ndarray:
-        return {"mix": mixture, "env": env_field, "loc": loc_field}[key](p)
+    def rows(self, n: int, r: np.random.Generator, first_id: int = 0) -> tuple[dict[str, pa.Array], dict]:
+        """``n`` observations drawn with ``r``: metadata columns and what the embeddings need."""
+        cfg, s = self.cfg, self.cfg.n_species
+        sp = r.choice(s, n, p=self.freq)
+        blob = (r.random(n) * self.n_blobs[sp]).astype(np.int64)
+        p = _unit(self.centers[sp, blob] + r.normal(size=(n, 3)) * self.sigma[sp, blob][:, None])
+        la = np.degrees(np.arcsin(np.clip(p[:, 2], -1, 1)))
+        lo = np.degrees(np.arctan2(p[:, 1], p[:, 0]))
+        day = (np.floor(self.peak[sp] + r.normal(0, 1, n) * self.spread[sp]) % 365 + 1).astype(np.int16)
+        g, n_cols = cfg.cell_deg, int(np.ceil(360 / cfg.cell_deg))  # satellite grid cells
+        row = np.minimum(np.floor((la + 90) / g), np.ceil(180 / g) - 1)
+        cell = (row * n_cols + np.minimum(np.floor((lo + 180) / g), n_cols - 1)).astype(np.int64)
+        anc = [sp]  # ancestor index at each level, species first
+        for par in reversed(self.parents):
+            anc.append(par[anc[-1]])
+        columns: dict[str, pa.Array] = {"id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64))}
+        for lev, idx in zip(LEVELS, reversed(anc), strict=True):
+            columns[lev] = pa.array(self.names[LEVELS.index(lev)][idx])
+        columns |= {"lat": pa.array(la), "lon": pa.array(lo), "day_of_year": pa.array(day),
+                    "cell": pa.array(cell)}
+        return columns, {"sp": sp, "p": p, "cell": cell, "n_cols": n_cols, "kingdom": anc[-1]}
 
-    feats = []
-    for m in mods:
-        r = _rng(cfg.seed, "modality:" + m)
-        # the modality's own fixed distortion (near-identity linear map plus an offset: the
-        # modality gap), drawn first so that it does not depend on n
+    def distortion(self, m: str) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        """The modality's own fixed near-identity map and offset (the modality gap), and its
+        random stream positioned after them."""
+        d = self.cfg.dim
+        r = _rng(self.cfg.seed, "modality:" + m)
         a = np.eye(d) + r.normal(0, 0.3 / np.sqrt(d), (d, d))
         offset = 0.3 * _unit(r.normal(size=d))
+        return a, offset, r
+
+    def embed(self, m: str, obs: dict, r: np.random.Generator, at_p, sat=None) -> np.ndarray:
+        """Modality ``m`` of the observations; noise from ``r``. ``sat``: (cell content, the
+        rows' index into it) when tiles are shared beyond these rows."""
+        cfg, z, sp = self.cfg, self.z, obs["sp"]
+        n, d, s = len(sp), cfg.dim, cfg.n_species
+        a, offset, r0 = self.distortion(m)
+        r = r0 if r is None else r
         sd = _NOISE.get(m, 0.9) * cfg.noise / np.sqrt(d)
         if m == "image":
             x = z[sp] + 0.2 * at_p("env") + r.normal(0, sd, (n, d))
         elif m == "text":
-            x = (z + r.normal(0, sd, (s, d)))[sp]
+            x = (z + r0.normal(0, sd, (s, d)))[sp]  # one vector per species: from the fixed stream
         elif m == "loc":
             x = 0.6 * at_p("mix") + at_p("loc") + r.normal(0, sd, (n, d))
         elif m == "env":
             x = 0.4 * at_p("mix") + at_p("env") + r.normal(0, sd, (n, d))
         elif m == "sat":
-            cx = 0.5 * mixture(cp) + env_field(cp) + 0.5 * loc_field(cp)
-            x = (cx + r.normal(0, sd, (len(cp), d)))[cell_inv]
+            if sat is None:
+                n_cols, g = obs["n_cols"], cfg.cell_deg
+                cells, cell_inv = np.unique(obs["cell"], return_inverse=True)
+                cp = _sphere((cells // n_cols + 0.5) * g - 90, (cells % n_cols + 0.5) * g - 180)  # centres
+                x = (self.sat_content(cp) + r.normal(0, sd, (len(cp), d)))[cell_inv]
+            else:
+                x = sat[obs["cell"]]
         else:  # sound and generic views m<k>
             x = z[sp] + r.normal(0, sd, (n, d))
-        feats.append(_unit(_unit(x) @ a + offset).astype(np.float32))
+        return _unit(_unit(x) @ a + offset).astype(np.float32)
 
-    # missingness
-    r = _rng(cfg.seed, "missing")
-    present = r.random((n, len(mods))) >= cfg.missing_rate
-    for j, m in enumerate(mods):
-        if m in cfg.always_present:
-            present[:, j] = True
-    possible = np.ones((n, len(mods)), bool)
-    if "sound" in mods:
-        possible[:, mods.index("sound")] = kingdom == ANIMALIA
-    present &= possible
-    empty = ~present.any(1)
-    pick = np.argmax(r.random((n, len(mods))) * possible, 1)  # a random possible modality
-    present[empty, pick[empty]] = True
-    lone = np.flatnonzero(~present.any(0) & possible.any(0))  # tiny n: no column left empty
-    present[possible[:, lone].argmax(0), lone] = True
-    for j, m in enumerate(mods):
-        columns[m] = vectors_to_arrow(feats[j], present[:, j])
+    def missing(self, obs: dict, r: np.random.Generator) -> np.ndarray:
+        """``present[n, M]`` under the missingness rules."""
+        cfg, mods = self.cfg, tuple(self.cfg.modalities)
+        n = len(obs["sp"])
+        present = r.random((n, len(mods))) >= cfg.missing_rate
+        for j, m in enumerate(mods):
+            if m in cfg.always_present:
+                present[:, j] = True
+        possible = np.ones((n, len(mods)), bool)
+        if "sound" in mods:
+            possible[:, mods.index("sound")] = obs["kingdom"] == ANIMALIA
+        present &= possible
+        empty = ~present.any(1)
+        pick = np.argmax(r.random((n, len(mods))) * possible, 1)  # a random possible modality
+        present[empty, pick[empty]] = True
+        lone = np.flatnonzero(~present.any(0) & possible.any(0))  # tiny n: no column left empty
+        present[possible[:, lone].argmax(0), lone] = True
+        return present
+
+
+def _table(w: _World, columns: dict, obs: dict, present: np.ndarray, noise, sat=None) -> pa.Table:
+    """Embeddings (content at the observation points computed once, and only if needed)."""
+    p = obs["p"]
+
+    @cache
+    def at_p(key: str) -> np.ndarray:
+        return {"mix": w.mixture, "env": w.env_field, "loc": w.loc_field}[key](p)
+
+    for j, m in enumerate(w.cfg.modalities):
+        columns[m] = vectors_to_arrow(w.embed(m, obs, noise(m), at_p, sat), present[:, j])
     return pa.table(columns)
+
+
+def generate(cfg: SynthConfig | None = None) -> pa.Table:
+    """Generate the table: metadata columns, then one ``list<float32>`` column per modality."""
+    cfg = cfg or SynthConfig()
+    cfg.validate()
+    w = _World(cfg)
+    columns, obs = w.rows(cfg.n, _rng(cfg.seed, "rows"))
+    present = w.missing(obs, _rng(cfg.seed, "missing"))
+    return _table(w, columns, obs, present, lambda m: None)
+
+
+def generate_parts(cfg: SynthConfig, part_rows: int) -> Iterator[tuple[int, Callable[[], pa.Table]]]:
+    """The table as parts of ``part_rows`` rows, each generated on its own (memory: one part):
+    ``(first row, make)`` pairs, where ``make()`` builds that part.
+
+    Same world as :func:`generate` with the same config (taxonomy, ranges, modality maps,
+    species texts); rows, noise and missingness come from a random stream per part, and a
+    satellite tile is one vector per grid cell shared by every part. So the parts are not
+    the rows of the one-file table, but are the same for the same config and ``part_rows``.
+    """
+    cfg.validate()
+    if part_rows < 1:
+        raise Prom3eError(f"part rows must be ≥ 1, got {part_rows}")
+    w = _World(cfg)
+    sat = None
+    if "sat" in cfg.modalities:
+        g, n_cols = cfg.cell_deg, int(np.ceil(360 / cfg.cell_deg))
+        cells = np.arange(int(np.ceil(180 / g)) * n_cols)
+        cp = _sphere((cells // n_cols + 0.5) * g - 90, (cells % n_cols + 0.5) * g - 180)
+        sd = _NOISE["sat"] * cfg.noise / np.sqrt(cfg.dim)
+        sat = w.sat_content(cp) + _rng(cfg.seed, "sat_cells").normal(0, sd, (len(cp), cfg.dim))
+
+    def make(k: int, first: int, n: int) -> pa.Table:
+        columns, obs = w.rows(n, _rng(cfg.seed, f"rows:{k}"), first_id=first)
+        present = w.missing(obs, _rng(cfg.seed, f"missing:{k}"))
+        return _table(w, columns, obs, present, lambda m: _rng(cfg.seed, f"modality:{m}:{k}"), sat)
+
+    for k, first in enumerate(range(0, cfg.n, part_rows)):
+        n = min(part_rows, cfg.n - first)
+        yield first, (lambda k=k, first=first, n=n: make(k, first, n))
 
 
 def generate_table(cfg: SynthConfig | None = None) -> ModalTable:

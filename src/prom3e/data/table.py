@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write  # write_parquet's; importable from here too
 
 
 @dataclass
@@ -105,6 +105,15 @@ class ModalTable:
             )
         return self.meta[column]
 
+    def check_values(self) -> ModalTable:
+        """Refuse NaN/inf or overflowing vectors in present rows (see :func:`check_vectors`);
+        tables read from files are checked already, tables built in memory are not."""
+        for name, f, p in zip(self.modalities, self.features, self.present.T, strict=True):
+            rows = np.flatnonzero(p)
+            if rows.size:
+                check_vectors(f, name, self.source, rows, select=True)
+        return self
+
     def check_schema(self, modalities: Sequence[str], dims: Sequence[int]) -> ModalTable:
         """Match this table to a model's schema by name; return it reordered to that schema.
 
@@ -133,6 +142,38 @@ class ModalTable:
         return ModalTable(list(known), feats, np.stack(pres, 1), dict(self.meta), self.source)
 
 
+SQNORM_MAX = float(np.finfo(np.float32).max)
+
+
+def check_vectors(x: np.ndarray, column: str, source: str, rows: np.ndarray | None = None,
+                  select: bool = False) -> None:
+    """Refuse NaN/inf and vectors whose squared norm overflows float32 (it would turn into
+    NaN or zero in any norm, LayerNorm or cosine downstream): one line naming column and row.
+    ``rows[i]`` is the table row of ``x[i]`` (default ``i``); with ``select``, only the rows
+    ``x[rows]`` are checked. Chunked: bounded memory."""
+    n, d = (len(rows), x.shape[1]) if select and rows is not None else x.shape
+    safe = float(np.sqrt(SQNORM_MAX / max(1, d)))  # |values| ≤ this cannot overflow: skip the exact check
+    step = max(1, (1 << 20) // max(1, d))
+    for i in range(0, n, step):
+        block = np.asarray(x[rows[i:i + step]] if select and rows is not None else x[i:i + step])
+        finite = np.isfinite(block).all(1)
+        bad = np.flatnonzero(~finite)
+        sq = None
+        if not bad.size:
+            big = np.flatnonzero(np.abs(block).max(1, initial=0.0) > safe)
+            if big.size:
+                sq = np.einsum("ij,ij->i", block[big], block[big], dtype=np.float64)
+                bad = big[sq > SQNORM_MAX]
+        if bad.size:
+            j = int(bad[0])
+            r = int(rows[i + j]) if rows is not None else i + j
+            if not finite[j]:
+                raise Prom3eError(f"{source}: column '{column}' row {r} contains NaN or inf")
+            norm2 = float(np.einsum("i,i->", block[j], block[j], dtype=np.float64))
+            raise Prom3eError(f"{source}: column '{column}' row {r} has values too large (squared norm "
+                              f"{norm2:.3g} overflows float32; rescale the column)")
+
+
 def _is_float_list(t: pa.DataType) -> bool:
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)
@@ -143,21 +184,30 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
-def _modality_array(col: pa.ChunkedArray, name: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """One list column → (float32[N, d] with zeros where null, bool[N] present)."""
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+def _modality_array(col: pa.ChunkedArray | pa.Array, name: str, source: str, dim: int | None = None,
+                    offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One list column → (float32[N, d] with zeros where null, bool[N] present).
+
+    ``dim``: the modality's dim when already known (a later chunk of a dataset; then a chunk
+    without any value is allowed); ``offset``: added to row numbers in messages.
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    arr = col
     n = len(arr)
     present = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if not present.any():
-        raise Prom3eError(f"{source}: modality column '{name}' has no non-null value")
+        if dim is None:
+            raise Prom3eError(f"{source}: modality column '{name}' has no non-null value")
+        return np.zeros((n, dim), np.float32), present
     lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
     lengths = np.where(present, np.nan_to_num(lengths.astype(float), nan=-1), -1).astype(np.int64)
-    dim = int(lengths[present][0])
+    dim = int(lengths[present][0]) if dim is None else dim
     bad = np.flatnonzero(present & (lengths != dim))
     if bad.size:
         r = int(bad[0])
         raise Prom3eError(
-            f"{source}: column '{name}' row {r} has length {lengths[r]}, expected {dim} "
+            f"{source}: column '{name}' row {r + offset} has length {lengths[r]}, expected {dim} "
             f"(as in its first non-null row); {bad.size} row(s) differ"
         )
     if dim == 0:
@@ -167,23 +217,18 @@ def _modality_array(col: pa.ChunkedArray, name: str, source: str) -> tuple[np.nd
     if values.null_count:
         flat = np.asarray(values.is_null().to_numpy(zero_copy_only=False))
         r = int(rows[np.flatnonzero(flat)[0] // dim])
-        raise Prom3eError(f"{source}: column '{name}' row {r} has a null element inside its vector")
+        raise Prom3eError(f"{source}: column '{name}' row {r + offset} has a null element inside its vector")
     dense = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-    finite = np.isfinite(dense).all(1)
-    if not finite.all():
-        r = int(rows[np.flatnonzero(~finite)[0]])
-        raise Prom3eError(f"{source}: column '{name}' row {r} contains NaN or inf")
+    check_vectors(dense, name, source, rows + offset)
     out = np.zeros((n, dim), dtype=np.float32)
     out[rows] = dense
     return out, present
 
 
-def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[str] | None = None) -> ModalTable:
-    """Validate an Arrow table against the contract and convert it."""
-    if table.num_rows == 0:
-        raise Prom3eError(f"{source}: the table is empty")
-    names = [f.name for f in table.schema if _is_list(f.type)]
-    for f in table.schema:
+def modality_columns(schema: pa.Schema, source: str, modalities: Sequence[str] | None = None) -> list[str]:
+    """The modality columns of a schema (or the requested ones), checked against the contract."""
+    names = [f.name for f in schema if _is_list(f.type)]
+    for f in schema:
         if _is_list(f.type) and not _is_float_list(f.type):
             raise Prom3eError(f"{source}: column '{f.name}' is a list of {f.type.value_type}, not numbers")
     if modalities is not None:
@@ -193,27 +238,53 @@ def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[st
         names = list(modalities)
     if not names:
         raise Prom3eError(f"{source}: no modality columns (lists of floats) found")
+    return names
+
+
+def check_rows(present: np.ndarray, source: str, offset: int = 0) -> None:
+    """Every row must have at least one modality present."""
+    empty = np.flatnonzero(~present.any(1))
+    if empty.size:
+        raise Prom3eError(
+            f"{source}: row {int(empty[0]) + offset} has no modality present ({empty.size} such row(s))"
+        )
+
+
+def metadata_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """The non-list columns of an Arrow table as NumPy arrays."""
+    return {
+        f.name: table.column(f.name).to_numpy(zero_copy_only=False)
+        for f in table.schema
+        if not _is_list(f.type)
+    }
+
+
+def from_arrow(table: pa.Table, source: str = "<arrow>", modalities: Sequence[str] | None = None,
+               drop_empty: bool = False) -> ModalTable:
+    """Validate an Arrow table against the contract and convert it.
+
+    ``modalities``: read only these modality columns (others are ignored); ``drop_empty``:
+    leave out rows with none of them instead of failing."""
+    if table.num_rows == 0:
+        raise Prom3eError(f"{source}: the table is empty")
+    names = modality_columns(table.schema, source, modalities)
     feats, pres = [], []
     for name in names:
         f, p = _modality_array(table.column(name), name, source)
         feats.append(f)
         pres.append(p)
     present = np.stack(pres, 1)
-    empty = np.flatnonzero(~present.any(1))
-    if empty.size:
-        raise Prom3eError(
-            f"{source}: row {int(empty[0])} has no modality present ({empty.size} such row(s))"
-        )
-    meta = {
-        f.name: table.column(f.name).to_numpy(zero_copy_only=False)
-        for f in table.schema
-        if not _is_list(f.type)
-    }
-    return ModalTable(names, feats, present, meta, source)
+    keep = present.any(1)
+    if not drop_empty:
+        check_rows(present, source)
+    out = ModalTable(names, feats, present, metadata_columns(table), source)
+    return out if keep.all() else out.take(np.flatnonzero(keep))
 
 
-def read_table(path: str | os.PathLike, modalities: Sequence[str] | None = None) -> ModalTable:
-    """Read and validate a Parquet table (or a reference ``.npy`` dict, via :func:`import_npy`)."""
+def read_table(path: str | os.PathLike, modalities: Sequence[str] | None = None,
+               drop_empty: bool = False) -> ModalTable:
+    """Read and validate a Parquet table (or a reference ``.npy`` dict, via :func:`import_npy`);
+    ``modalities`` and ``drop_empty`` as in :func:`from_arrow` (Parquet only)."""
     path = Path(path)
     if not path.exists():
         raise Prom3eError(f"{path}: no such file")
@@ -223,7 +294,7 @@ def read_table(path: str | os.PathLike, modalities: Sequence[str] | None = None)
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise Prom3eError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    return from_arrow(table, str(path), modalities)
+    return from_arrow(table, str(path), modalities, drop_empty)
 
 
 def read_column(path: str | os.PathLike, name: str, meta: bool = False
@@ -266,23 +337,6 @@ def vectors_to_arrow(x: np.ndarray, present: np.ndarray | None = None) -> pa.Arr
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
     mask = None if present is None else pa.array(~np.asarray(present, bool))
     return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1)), mask=mask)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_parquet(table: pa.Table | ModalTable, path: str | os.PathLike) -> None:

@@ -5,7 +5,10 @@ as it is embedded, so a killed run loses at most one batch; the next run with th
 spec skips the rows already there (matched by ``id_column``, else by row number), as it
 does for rows of an existing ``OUT`` written with the same spec. Missing inputs (empty
 cell, unreadable image, unparseable date, …) become nulls and are counted, not fatal;
-rows with no usable modality at all are dropped (the contract forbids them).
+rows with no usable modality at all are dropped (the contract forbids them), and so is a
+modality with no usable value in any row. Photo/sound URLs are never fetched: they count
+as unusable, and the summary says how to download them first. Observation files are read
+by :mod:`prom3e.data.observations` (CSV/TSV, GBIF downloads, Darwin Core Archives, Parquet).
 """
 
 from __future__ import annotations
@@ -24,13 +27,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from prom3e.data.table import atomic_write, vectors_to_arrow, write_parquet
+from prom3e.data.observations import is_url, read_observations
+from prom3e.data.table import vectors_to_arrow, write_parquet
 from prom3e.encoders.base import Encoder
 from prom3e.encoders.registry import encoder_factory, encoder_info, get_encoder
 from prom3e.encoders.spec import EmbedSpec, ModalitySpec
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write, check_output_file
+
+__all__ = ["EmbedSummary", "embed", "encoder_configs", "gather_inputs", "read_observations"]
 
 ROW_COLUMN = "obs_row"
+URL_HELP = "docs/STAGE1.md, 'Photos and sounds given as URLs'"
 META_KEY = b"prom3e.embed"
 ENCODER_KEY = b"prom3e.encoder"
 
@@ -44,6 +52,8 @@ class EmbedSummary:
     reused: int = 0
     dropped: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    urls: dict[str, int] = field(default_factory=dict)  # modality → values that are URLs
+    left_out: list[str] = field(default_factory=list)  # modalities with no usable value
 
     def lines(self) -> list[str]:
         out = [f"{self.written} of {self.rows} rows → {self.out} "
@@ -51,28 +61,14 @@ class EmbedSummary:
         for m, c in self.counts.items():
             out.append(f"  {m}: {c['present']} present, {c['empty']} empty input, "
                        f"{c['unusable']} unusable (unreadable/invalid)")
+        for m, n in self.urls.items():
+            out.append(f"  {m}: {n} value(s) are URLs, which are never fetched; download the files "
+                       f"first ({URL_HELP})")
+        if self.left_out:
+            out.append(f"  left out {', '.join(self.left_out)}: no row has a usable value")
         if self.dropped:
             out.append(f"  dropped {self.dropped} row(s) with no usable input")
         return out
-
-
-def read_observations(path: str | os.PathLike) -> pa.Table:
-    """A CSV (empty cells are nulls) or Parquet file of observations."""
-    path = Path(path)
-    if not path.exists():
-        raise Prom3eError(f"{path}: no such observations file")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            t = pq.read_table(path)
-        else:
-            from pyarrow import csv
-
-            t = csv.read_csv(path, convert_options=csv.ConvertOptions(strings_can_be_null=True))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise Prom3eError(f"{path}: not a readable table ({str(e).splitlines()[0]})") from None
-    if t.num_rows == 0:
-        raise Prom3eError(f"{path}: no observations")
-    return t
 
 
 def _build_encoder(m: ModalitySpec, device: str) -> Encoder:
@@ -121,8 +117,8 @@ def gather_inputs(table: pa.Table, m: ModalitySpec, kind: str, rows: np.ndarray,
             return out
         return [" ".join(str(v) for v in vals if v is not None) or None
                 for vals in zip(*cols, strict=True)]
-    if kind in ("image", "audio"):
-        return [None if v is None else str(root / str(v)) for v in cols[0]]
+    if kind in ("image", "audio"):  # URLs are never fetched (counted by _assemble)
+        return [None if v is None or is_url(v) else str(root / str(v)) for v in cols[0]]
     if kind == "latlon":
         return [None if a is None or b is None else (a, b) for a, b in zip(*cols, strict=True)]
     if kind == "vector":
@@ -131,6 +127,23 @@ def gather_inputs(table: pa.Table, m: ModalitySpec, kind: str, rows: np.ndarray,
         return [None if any(v is None for v in vals) else list(vals)
                 for vals in zip(*cols, strict=True)]
     return cols[0]
+
+
+def embed_rows(table: pa.Table, rows: np.ndarray, spec: EmbedSpec, kinds: list[str], roots: list[Path],
+               encoders: list[Encoder]) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """Embed every modality for ``rows`` of ``table``: ``{name: list<float32> column}`` (null
+    where unusable) and ``bool[len(rows), M]``, true where the input cell was empty."""
+    cols, empty = {}, np.zeros((len(rows), len(spec.modalities)), bool)
+    for j, (m, kind, root, enc) in enumerate(zip(spec.modalities, kinds, roots, encoders, strict=True)):
+        inputs = gather_inputs(table, m, kind, rows, root)
+        filled = [i for i, v in enumerate(inputs) if v is not None]
+        empty[:, j] = [v is None for v in inputs]
+        x = np.zeros((len(rows), enc.dim), np.float32)
+        ok = np.zeros(len(rows), bool)
+        if filled:
+            x[filled], ok[filled] = enc.encode_masked([inputs[i] for i in filled])
+        cols[m.name] = vectors_to_arrow(x, ok)
+    return cols, empty
 
 
 def _keys(table: pa.Table, spec: EmbedSpec, source: str) -> pa.Array:
@@ -213,24 +226,42 @@ def _previous_output(out: Path, fingerprint: str, key_name: str,
         meta = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
         if meta.get("fingerprint") != fingerprint:
             return None
-        t = pq.read_table(out, columns=[key_name, *names])
+        have = [m for m in names if m in schema.names]
+        t = pq.read_table(out, columns=[key_name, *have])
     except (pa.ArrowInvalid, OSError, ValueError, KeyError):
         return None
-    return t.rename_columns(["__key", *names])
+    t = t.rename_columns(["__key", *have])
+    for m in names:  # a modality left out of that output had no usable value: all null
+        if m not in have:
+            t = t.append_column(m, pa.nulls(t.num_rows))
+    return t.select(["__key", *names])
 
 
 def embed(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLike,
-          device: str = "cpu", restart: bool = False, progress: bool = True) -> EmbedSummary:
-    """Embed every modality of the spec for every observation; write ``out`` atomically."""
-    from tqdm.auto import tqdm
+          device: str = "cpu", restart: bool = False, progress: bool = True,
+          delimiter: str | None = None, encoding: str | None = None, overwrite: bool = False) -> EmbedSummary:
+    """Embed every modality of the spec for every observation; write ``out`` atomically.
+
+    ``delimiter``/``encoding`` override what the file's extension (or a Darwin Core
+    Archive's meta.xml) implies. An existing ``out`` written with the same spec is updated
+    (its rows are reused); any other existing file is refused unless ``overwrite``; an
+    input is never replaced.
+    """
+    from prom3e.runtime import progress_bar
 
     obs_path, out = Path(observations), Path(out)
-    table = read_observations(obs_path)
+    same_spec = _previous_output(out, spec.fingerprint(), spec.id_column or ROW_COLUMN,
+                                 [m.name for m in spec.modalities]) is not None
+    check_output_file(out, inputs=[obs_path, spec.source], overwrite=overwrite or same_spec)
+    kinds = [encoder_info(m.encoder).input_kind for m in spec.modalities]
+    # inputs that are not numbers are read as text, as written (dates keep their time zone)
+    text_columns = {c for m, k in zip(spec.modalities, kinds, strict=True)
+                    if k not in ("latlon", "vector") for c in m.columns}
+    table = read_observations(obs_path, delimiter, encoding, text_columns)
     keep = _check_columns(table, spec, str(obs_path))
     keys = _keys(table, spec, str(obs_path))
     n = table.num_rows
     names = [m.name for m in spec.modalities]
-    kinds = [encoder_info(m.encoder).input_kind for m in spec.modalities]
     roots = [obs_path.parent / (m.root or "") for m in spec.modalities]
     fingerprint = spec.fingerprint()
     key_name = spec.id_column or ROW_COLUMN
@@ -246,18 +277,10 @@ def embed(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLi
     summary = EmbedSummary(str(out), rows=n, reused=n - len(todo))
 
     encoders = [_build_encoder(m, device) for m in spec.modalities]
-    bar = tqdm(total=len(todo), unit="row", desc="embed", disable=not progress or not len(todo))
+    bar = progress_bar(total=len(todo), show=progress and bool(len(todo)), unit="row", desc="embed")
     for s in range(0, len(todo), spec.batch_size):
         rows = todo[s : s + spec.batch_size]
-        cols = {"__key": keys.take(pa.array(rows))}
-        for m, kind, root, enc in zip(spec.modalities, kinds, roots, encoders, strict=True):
-            inputs = gather_inputs(table, m, kind, rows, root)
-            filled = [i for i, v in enumerate(inputs) if v is not None]
-            x = np.zeros((len(rows), enc.dim), np.float32)
-            ok = np.zeros(len(rows), bool)
-            if filled:
-                x[filled], ok[filled] = enc.encode_masked([inputs[i] for i in filled])
-            cols[m.name] = vectors_to_arrow(x, ok)
+        cols = {"__key": keys.take(pa.array(rows)), **embed_rows(table, rows, spec, kinds, roots, encoders)[0]}
         store.write(int(rows[0]), pa.table(cols))
         summary.embedded += len(rows)
         bar.update(len(rows))
@@ -277,7 +300,9 @@ def _assemble(table: pa.Table, keys: pa.Array, keep: Sequence[str], spec: EmbedS
     names = [m.name for m in spec.modalities]
     parts = [p.select(["__key", *names]) for p in parts if p is not None]
     # an earlier output and the parts may overlap (a run killed after writing OUT): dedupe
-    cache = pa.concat_tables([p.cast(parts[-1].schema) for p in parts])
+    schema = pa.schema([pa.field("__key", parts[-1].schema.field("__key").type),
+                        *(pa.field(m, pa.list_(pa.float32())) for m in names)])
+    cache = pa.concat_tables([p.cast(schema) for p in parts])
     index: dict[Any, int] = {}
     for i, k in enumerate(cache.column("__key").to_pylist()):
         index[k] = i
@@ -288,9 +313,15 @@ def _assemble(table: pa.Table, keys: pa.Array, keep: Sequence[str], spec: EmbedS
     all_rows = np.arange(table.num_rows)
     for j, (m, kind, root) in enumerate(zip(spec.modalities, kinds, roots, strict=True)):
         empty = np.array([v is None for v in gather_inputs(table, m, kind, all_rows, root)])
+        if kind in ("image", "audio"):
+            urls = np.array([is_url(v) for v in _column(table, m.columns[0], all_rows)], bool)
+            empty &= ~urls
+            if urls.any():
+                summary.urls[m.name] = int(urls.sum())
         summary.counts[m.name] = {"present": int(present[:, j].sum()),
                                   "empty": int((empty & ~present[:, j]).sum()),
                                   "unusable": int((~empty & ~present[:, j]).sum())}
+    summary.left_out = [m for j, m in enumerate(names) if not present[:, j].any()]
     rows = np.flatnonzero(present.any(1))
     summary.dropped = int(table.num_rows - len(rows))
     summary.written = len(rows)
@@ -303,12 +334,14 @@ def _assemble(table: pa.Table, keys: pa.Array, keep: Sequence[str], spec: EmbedS
         fields.append(pa.field(c, col.type))
         arrays.append(col)
     for m in names:
+        if m in summary.left_out:
+            continue
         arrays.append(vec[m].take(idx))
         fields.append(pa.field(m, arrays[-1].type,
                                metadata={ENCODER_KEY: json.dumps(encoder_cfg[m]).encode()}))
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(
         {"fingerprint": fingerprint, "id_column": spec.id_column,
-         "modalities": [m.__dict__ for m in spec.modalities]}).encode()})
+         "modalities": [m.__dict__ for m in spec.modalities], "left_out": summary.left_out}).encode()})
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

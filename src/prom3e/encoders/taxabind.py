@@ -1,7 +1,8 @@
 """TaxaBind's encoders (Sastry et al., WACV 2025), the paper's stage-1 recipe.
 
-Model references: ``hf-hub:NAME`` (or a bare hub name) downloads from the Hugging Face hub;
-``local-dir:PATH`` loads a folder you downloaded before. Defaults:
+Model references (resolved by :mod:`prom3e.hub`): ``hf-hub:NAME[@REVISION]`` (or a bare hub
+name) downloads from the Hugging Face hub; ``local-dir:PATH`` loads a folder you downloaded
+before. Defaults:
 
 - image, text: open_clip ``hf-hub:MVRL/taxabind-vit-b-16`` (BioCLIP fine-tuned), 512-d
 - satellite: ``MVRL/ecosat`` (transformers ``CLIPVisionModelWithProjection``), 512-d
@@ -31,41 +32,16 @@ from prom3e.encoders.environment import parse_vectors, residual_mlp
 from prom3e.encoders.image import load_images, open_image
 from prom3e.encoders.location import LocationNet, _encode_latlon
 from prom3e.errors import Prom3eError
+from prom3e.hub import hub_file, load_error, parse_ref
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OPEN_CLIP_NAME = "hf-hub:MVRL/taxabind-vit-b-16"
 
 
-def parse_ref(ref: str) -> tuple[str, str]:
-    """``local-dir:PATH`` → ("local", PATH); ``hf-hub:NAME`` or ``NAME`` → ("hub", NAME)."""
-    if ref.startswith("local-dir:"):
-        path = Path(ref[len("local-dir:"):]).expanduser()
-        if not path.is_dir():
-            raise Prom3eError(f"{path}: no such model folder (from '{ref}')")
-        return "local", str(path)
-    return "hub", ref.removeprefix("hf-hub:")
-
-
-def _fail(ref: str, e: Exception) -> Prom3eError:
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return Prom3eError(f"cannot load '{ref}' ({first}); offline? download it and pass "
-                       f"'local-dir:PATH'")
-
-
 def _file(ref: str, filename: str) -> str:
     """A file of a hub repo or local folder."""
-    kind, where = parse_ref(ref)
-    if kind == "local":
-        p = Path(where) / filename
-        if not p.exists():
-            raise Prom3eError(f"{p}: missing (a '{ref}' model folder needs {filename})")
-        return str(p)
-    hub = require("huggingface_hub", "huggingface_hub", "taxabind")
-    try:
-        return hub.hf_hub_download(where, filename)
-    except Exception as e:  # network, auth, missing file: all one message
-        raise _fail(ref, e) from None
+    return hub_file(ref, filename)
 
 
 def _state_dict(ref: str) -> dict:
@@ -75,11 +51,13 @@ def _state_dict(ref: str) -> dict:
 
 
 def _from_pretrained(cls: Any, ref: str):
-    kind, where = parse_ref(ref)
+    r = parse_ref(ref)
     try:
-        return cls.from_pretrained(where, local_files_only=kind == "local")
+        if r.kind == "local":
+            return cls.from_pretrained(r.where, local_files_only=True)
+        return cls.from_pretrained(r.where, revision=r.revision)
     except Exception as e:
-        raise _fail(ref, e) from None
+        raise load_error(r, e) from None
 
 
 class _TaxaBindBase(Encoder):
@@ -106,7 +84,7 @@ def _open_clip(model: str, device: str):
         net, _, preprocess = oc.create_model_and_transforms(model)
         tokenizer = oc.get_tokenizer(model)
     except Exception as e:
-        raise _fail(model, e) from None
+        raise load_error(model, e) from None
     net = net.eval().to(device)
     import torch
 
@@ -354,8 +332,8 @@ class TaxaBindSoundEncoder(_TaxaBindBase):
     def _fe_ref(self) -> str:
         if self.feature_extractor:
             return self.feature_extractor
-        kind, where = parse_ref(self.model)
-        if kind == "local" and (Path(where) / "preprocessor_config.json").exists():
+        r = parse_ref(self.model)
+        if r.kind == "local" and (Path(r.where) / "preprocessor_config.json").exists():
             return self.model
         return "hf-hub:laion/clap-htsat-unfused"
 

@@ -15,16 +15,24 @@ row number); searches return ids. An index saves to one ``.safetensors`` file (w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prom3e.data.table import atomic_write
 from prom3e.errors import Prom3eError
-from prom3e.tasks.common import l2n
+from prom3e.io import atomic_write
+from prom3e.metrics import l2n
+from prom3e.runtime import progress_bar
 
 EXACT = "exact"
 FORMAT = "prom3e-gallery-index/1"
@@ -79,6 +87,74 @@ def _as_rows(x, what: str, dim: int | None = None) -> torch.Tensor:
     return l2n(t)
 
 
+class IndexAdvice(UserWarning):
+    """An approximate index was trained on too few vectors for its size (faiss's own warning,
+    rephrased as advice: how many inverted lists suit this gallery)."""
+
+
+_FAISS_FEW_POINTS = re.compile(r"WARNING clustering (\d+) points to (\d+) centroids: "
+                               r"please provide at least (\d+) training points")
+
+
+def suggested_lists(n: int) -> int:
+    """Inverted lists for ``n`` training vectors: a power of two ≤ min(n / 39, 4·√n) (faiss
+    wants ≥ 39 training vectors a list; ~4·√N lists is its usual starting point), at least 1."""
+    best = max(1.0, min(n / 39, 4 * math.sqrt(n)))
+    return 2 ** int(math.log2(best))
+
+
+def _nlist(index) -> int | None:
+    try:
+        return int(_faiss().extract_index_ivf(index).nlist)
+    except RuntimeError:
+        return None
+
+
+def training_advice(index, n: int, centroids: set[int] | None = None) -> str:
+    """One sentence: what suits ``n`` training vectors for this faiss index (``centroids``:
+    the k-means sizes faiss found too big for ``n``; default: the inverted lists)."""
+    nlist = _nlist(index)
+    centroids = {nlist} if centroids is None else centroids
+    s = suggested_lists(n)
+    parts = []
+    if nlist is not None and nlist in centroids:
+        fix = f"use about {s} (e.g. 'IVF{s},Flat')" if s >= 2 else "too few for inverted lists: use 'exact'"
+        parts.append(f"{nlist} inverted lists want ≥ {39 * nlist} training vectors (39 a list), got {n}: {fix}")
+    if centroids - {nlist}:
+        k = max(centroids - {nlist})
+        parts.append(f"{k}-centroid PQ codebooks want ≥ {39 * k} training vectors, got {n}: use fewer bits a "
+                     "code (PQ<M>x4) or a Flat index")
+    text = "; ".join(parts)
+    return text + (" — or 'exact', fast at this size" if n < 100_000 and "'exact'" not in text else "")
+
+
+def _report_native(text: list[str], index, n: int, spec: str) -> None:
+    """Pass on what faiss printed, its few-training-points warnings replaced by one advice."""
+    lines = "".join(text).splitlines()
+    few = {int(m.group(2)) for ln in lines if (m := _FAISS_FEW_POINTS.search(ln))}
+    other = [ln for ln in lines if not _FAISS_FEW_POINTS.search(ln)]
+    if other:
+        sys.stderr.write("\n".join(other) + "\n")
+    if few:
+        warnings.warn(f"'{spec}': {training_advice(index, n, few)}", IndexAdvice, stacklevel=3)
+
+
+@contextlib.contextmanager
+def _native_stderr(sink: list[str]) -> Iterator[None]:
+    """Collect what native code writes to file descriptor 2 while the block runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.append(tmp.read().decode(errors="replace"))
+
+
 class GalleryIndex:
     """A searchable gallery. Build with :meth:`build`, query with :meth:`search`."""
 
@@ -104,11 +180,17 @@ class GalleryIndex:
         if index._faiss is not None and not index._faiss.is_trained:
             g = torch.Generator().manual_seed(seed)
             sample = x[torch.randperm(len(x), generator=g)[:train_size]] if len(x) > train_size else x
+            nlist = _nlist(index._faiss)
+            if nlist is not None and nlist > len(sample):
+                raise Prom3eError(f"cannot train '{spec}': {training_advice(index._faiss, len(sample))}")
+            native: list[str] = []
             try:
-                index._faiss.train(np.ascontiguousarray(sample.numpy()))
+                with _native_stderr(native):  # faiss prints its advice from C++: ours replaces it
+                    index._faiss.train(np.ascontiguousarray(sample.numpy()))
             except RuntimeError as e:
                 raise Prom3eError(f"faiss could not train '{spec}' on {len(sample)} vectors: "
                                   f"{str(e).splitlines()[-1]}") from e
+            _report_native(native, index._faiss, len(sample), spec)
         index._add(x, ids)
         index.set_params(params)
         return index
@@ -161,12 +243,7 @@ class GalleryIndex:
         ids = torch.full((len(q), k), -1, dtype=torch.long)
         if len(self) == 0:
             return scores, ids
-        starts = range(0, len(q), batch)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="search", unit="batch")
-        for s in starts:
+        for s in progress_bar(range(0, len(q), batch), show=progress, desc="search", unit="batch"):
             part = q[s:s + batch]
             if self._faiss is None:
                 sc, ix = exact_topk(part, self._vectors, k)

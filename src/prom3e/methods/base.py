@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prom3e.config import Options
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
 
 
 @dataclass
-class FitConfig:
+class FitConfig(Options):
     """Training budget and shared architecture knobs (the same for every method in a benchmark)."""
 
     epochs: int = 20
@@ -46,14 +48,12 @@ class FitConfig:
     width: int = 64  # hidden width E of every method
     drop_prob: float = 0.5  # training-time dropout of each present modality (≥ 1 kept)
     seed: int = 0
-    device: str = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
     progress: bool = False
 
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2 or self.width < 4:
-            raise Prom3eError("epochs must be ≥ 1, batch_size ≥ 2 and width ≥ 4")
-        if not 0.0 <= self.drop_prob < 1.0:
-            raise Prom3eError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
+    WHAT: ClassVar[str] = "fit option"
+    BOUNDS: ClassVar[dict[str, str]] = {"epochs": ">= 1", "batch_size": ">= 2", "lr": "> 0", "weight_decay": ">= 0",
+                                        "width": ">= 4", "drop_prob": "[0, 1)", "seed": ">= 0"}
 
 
 @dataclass

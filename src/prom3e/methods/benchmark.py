@@ -13,13 +13,13 @@ of learning rate × width, best epoch within the budget; each η protocol traine
   (at most ``subset_cap`` rows per set, stratified);
 - ``natural``: the table's own missingness.
 
-Metrics: accuracy, macro-F1 (over classes in the test rows), AUROC (one-vs-rest, macro
-over test classes with positives and negatives, rank formula); the estimate's R@1 and
-NM²I (``scoring``). Over seeds: mean, **sample** standard deviation (ddof = 1) and the
-half-width of a 95 % t-interval. Wall time: ``time.perf_counter``; memory: peak
-resident-set increase (:mod:`prom3e.methods.cost`). With an output folder
-(:class:`prom3e.methods.store.ResultStore`) each method × seed is saved as it finishes and
-the report is rewritten, so a killed run keeps what finished and can be resumed.
+Metrics (:mod:`prom3e.metrics`): accuracy, macro-F1 (over classes in the test rows), AUROC
+(one-vs-rest, macro over test classes with positives and negatives; a tied or NaN row is a
+miss); the estimate's R@1 and NM²I (``scoring``). Over seeds: mean, **sample** standard
+deviation (ddof = 1) and the half-width of a 95 % t-interval. Wall time:
+``time.perf_counter``; memory: peak resident-set increase (:mod:`prom3e.methods.cost`). With
+an output folder (:class:`prom3e.methods.store.ResultStore`) each method × seed is saved as
+it finishes and the report is rewritten, so a killed run keeps what finished and can be resumed.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from prom3e import metrics
+from prom3e.config import Options
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
 from prom3e.methods import METHODS
@@ -40,80 +43,63 @@ from prom3e.methods.tuning import Grid
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(Options):
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     etas: list[float] = field(default_factory=lambda: [0.7, 0.9])
     train_frac: float = 0.7
     val_frac: float = 0.15  # of the training rows: the validation split (every choice is made on it)
-    train_missing: str = "eta"  # eta: each η protocol trains at that η | natural: one natural-trained model
+    train_missing: Literal["natural", "eta"] = "eta"  # eta: each η protocol trains at that η | natural: one model
     subset_cap: int = 1000
     max_subset_modalities: int = 8  # protocol (b) enumerates 2^M − 1 sets; skipped beyond this
     fit: FitConfig = field(default_factory=FitConfig)  # fit.epochs = the budget; lr/width: see grid
-    grid: Grid | None = None  # None: the single point (fit.lr, fit.width)
+    grid: Any = None  # a Grid, or None: the single point (fit.lr, fit.width)
     method_options: dict[str, dict] = field(default_factory=dict)
-    leak_policy: str = "drop"  # drop | keep one-per-class (label-leaking) modalities
+    leak_policy: Literal["drop", "keep"] = "drop"  # drop | keep one-per-class (label-leaking) modalities
     split_column: str | None = None  # a column of train/val/test values fixing the split
 
     def grid_or_default(self) -> Grid:
         return self.grid or Grid([self.fit.lr], [self.fit.width])
 
-    def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+    WHAT: ClassVar[str] = "benchmark option"
+    BOUNDS: ClassVar[dict[str, str]] = {"seeds": ">= 0", "etas": "[0, 1)", "train_frac": "(0, 1)",
+                                        "val_frac": "(0, 1)", "subset_cap": ">= 1", "max_subset_modalities": ">= 1"}
+
+    def check(self) -> None:
+        unknown = [m for m in [*self.methods, *self.method_options] if m not in METHODS]
         if unknown:
-            raise Prom3eError(f"unknown method(s) {', '.join(unknown)} (have: {', '.join(METHODS)})")
+            self.fail("methods", f"unknown method(s) {', '.join(unknown)} (have: {', '.join(METHODS)})")
         if not self.methods or not self.seeds:
-            raise Prom3eError("give at least one method and one seed")
+            self.fail("methods" if not self.methods else "seeds", "give at least one")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.methods)) != len(self.methods):
-            raise Prom3eError("seeds and methods must not repeat")
-        if any(not 0 <= e < 1 for e in self.etas):
-            raise Prom3eError(f"missing rates η must be in [0, 1), got {self.etas}")
-        if not 0 < self.train_frac < 1 or not 0 < self.val_frac < 1:
-            raise Prom3eError("train_frac and val_frac must be in (0, 1)")
-        if self.train_missing not in ("natural", "eta"):
-            raise Prom3eError("train_missing must be 'natural' or 'eta'")
-        if self.leak_policy not in ("drop", "keep"):
-            raise Prom3eError("leak_policy must be 'drop' or 'keep'")
-        if self.subset_cap < 1:
-            raise Prom3eError(f"subset_cap must be ≥ 1, got {self.subset_cap}")
-        self.fit.validate()
+            self.fail("seeds", "seeds and methods must not repeat")
+        if self.grid is not None and not isinstance(self.grid, Grid):
+            self.fail("grid", f"expected a Grid, got {type(self.grid).__name__}")
         self.grid_or_default().validate()
 
 
 # --- metrics ---------------------------------------------------------------------------------
 def classification_metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
-    from scipy.stats import rankdata
-    from sklearn.metrics import f1_score
-
+    """Accuracy, macro-F1 and one-vs-rest AUROC (:mod:`prom3e.metrics`: a tied or NaN row is a miss)."""
     if len(y) == 0:
         return {"n": 0, "acc": None, "macro_f1": None, "auroc": None}
-    pred = proba.argmax(1)
-    classes = np.unique(y)
-    f1 = f1_score(y, pred, labels=classes, average="macro", zero_division=0)
-    pos = y[:, None] == classes[None, :]  # [N, C'] one-vs-rest targets
-    n_pos = pos.sum(0)
-    n_neg = len(y) - n_pos
-    ok = (n_pos > 0) & (n_neg > 0)
-    auroc = None
-    if ok.any():
-        ranks = rankdata(proba[:, classes[ok]], axis=0)
-        auc = ((ranks * pos[:, ok]).sum(0) - n_pos[ok] * (n_pos[ok] + 1) / 2) / (n_pos[ok] * n_neg[ok])
-        auroc = float(auc.mean())
-    return {"n": len(y), "acc": float((pred == y).mean()), "macro_f1": float(f1), "auroc": auroc}
+    pred = metrics.predict(proba)
+    return {"n": len(y), "acc": metrics.accuracy(y, pred), "macro_f1": metrics.macro_f1(y, pred),
+            "auroc": metrics.auroc(proba, y)}
 
 
 def recall_at_1(est: np.ndarray, real: np.ndarray, queries: np.ndarray) -> float:
-    """R@1 of each query row's estimate among all gallery rows' real embeddings (cosine)."""
-    import torch
+    """R@1 of each query row's estimate among the gallery rows' real embeddings (cosine).
 
-    e = torch.nn.functional.normalize(torch.from_numpy(np.asarray(est, np.float32)[queries]), dim=-1)
-    g = torch.nn.functional.normalize(torch.from_numpy(np.asarray(real, np.float32)), dim=-1)
-    hits = []
-    for i in range(0, len(e), 2048):
-        s = e[i:i + 2048] @ g.T
-        own = s[torch.arange(len(s)), torch.from_numpy(queries[i:i + 2048])]
-        hits.append(own >= s.max(1).values - 1e-6)
-    return float(torch.cat(hits).float().mean()) if hits else float("nan")
+    Identical real embeddings are one gallery item; ranks, ties and NaN follow
+    :mod:`prom3e.metrics` (chunked: no queries × gallery matrix).
+    """
+    if len(queries) == 0:
+        return float("nan")
+    gallery, inv = metrics.dedup_gallery(real)
+    ranks = metrics.retrieval_ranks(metrics.l2n(np.asarray(est, np.float32)[queries]), gallery,
+                                    inv[np.asarray(queries)])
+    return float(metrics.recall_at_k(ranks, 1))
 
 
 # --- one seed ----------------------------------------------------------------------------------
@@ -295,7 +281,7 @@ def write_outputs(results: dict, out_dir, plot_png: bool = True) -> list:
     import json
     from pathlib import Path
 
-    from prom3e.data.table import atomic_write
+    from prom3e.io import atomic_write
     from prom3e.methods.report import markdown, plot
     from prom3e.tasks.common import jsonable
 

@@ -109,7 +109,8 @@ class Prom3eMethod(TorchMethod):
                               {"__benchmark_label__": y}, train.source)
         with tempfile.TemporaryDirectory(prefix="prom3e-bench-") as tmp:
             run = Path(self.run_dir) if self.run_dir else Path(tmp) / "run"
-            self.fusion_summary = train_fusion(labelled, run, tcfg, progress=cfg.progress)
+            # run_dir is this method's own scratch folder: each fit replaces it (as before)
+            self.fusion_summary = train_fusion(labelled, run, tcfg, progress=cfg.progress, overwrite=True)
             self.fuser = Fuser.load(run, device=cfg.device, precision="fp32")
         self.encoder = self.fuser.model.eval()
         for p in self.encoder.parameters():

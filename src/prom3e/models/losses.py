@@ -108,7 +108,9 @@ def contrastive_reconstruction(
     if not bool(valid.any()):  # nothing to reconstruct in this batch
         zero = pred.sum() * 0.0
         return zero, zero.detach()
-    drop = ~valid[:, None, :]  # [U, 1, C]: padding columns are never candidates
+    # padding columns are never candidates; a padding row keeps its own column (its loss is
+    # ignored) so that no row is all −∞: log-softmax's backward would turn it into NaN
+    drop = ~valid[:, None, :] & ~torch.eye(c, dtype=torch.bool, device=pred.device)  # [U, C, C]
     if labels is not None or dedup:
         not_negative = torch.zeros(u, c, c, dtype=torch.bool, device=pred.device)
         if labels is not None:

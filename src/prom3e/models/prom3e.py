@@ -15,12 +15,14 @@ Two exact shortcuts keep the work to what is needed:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prom3e.config import Options
 from prom3e.models.grouped import ModalityMLP, group_pairs
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
 
@@ -28,7 +30,7 @@ N_SPECIAL = 2  # [mu], [logvar]
 
 
 @dataclass
-class Prom3eConfig:
+class Prom3eConfig(Options):
     modalities: list[str] = field(default_factory=list)
     dims: list[int] = field(default_factory=list)
     embed_dim: int = 256  # E
@@ -42,11 +44,20 @@ class Prom3eConfig:
     # token itself, whose scale the shared LN fixes, so σ stays near 1 and the noise swamps
     # the unit-norm μ. "affine": a learned per-dimension scale and shift (+2E parameters),
     # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar].
-    posterior_head: str = "linear"
+    posterior_head: Literal["none", "affine", "linear"] = "linear"
     init_logvar: float = -4.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    WHAT: ClassVar[str] = "model option"
+    BOUNDS: ClassVar[dict[str, str]] = {"dims": ">= 1", "embed_dim": ">= 1", "depth": ">= 1", "heads": ">= 1",
+                                        "mlp_dim": ">= 1", "registers": ">= 0", "dropout": "[0, 1)",
+                                        "logvar_clip": "> 0"}
+
+    def check(self) -> None:
+        if len(self.dims) != len(self.modalities) or len(set(self.modalities)) != len(self.modalities):
+            self.fail("dims", f"need one dim per distinct modality, got {len(self.dims)} dims for "
+                              f"{len(self.modalities)} modalities")
+        if self.embed_dim % self.heads:
+            self.fail("heads", f"must divide embed_dim ({self.embed_dim}), got {self.heads}")
 
 
 # Named configs: architecture only; modalities and dims come from the data.
@@ -65,7 +76,17 @@ def named_config(name: str, modalities: list[str], dims: list[int], **overrides)
         from prom3e.errors import Prom3eError
 
         raise Prom3eError(f"unknown model config '{name}' (have: {', '.join(CONFIGS)})")
-    return Prom3eConfig(modalities=list(modalities), dims=list(dims), **{**CONFIGS[name], **overrides})
+    return Prom3eConfig.from_dict({**CONFIGS[name], **overrides, "modalities": list(modalities), "dims": list(dims)})
+
+
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for a repeated integer ``index``, deterministic in the backward pass.
+
+    The backward of advanced indexing (``index_put_`` with accumulation) adds on CPU with
+    parallel atomic adds, whose order — and so the float rounding — changes run to run with
+    more than one thread; ``index_select``'s backward (``index_add_``) does not.
+    """
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
 
 
 @dataclass
@@ -199,7 +220,7 @@ class Prom3e(nn.Module):
         pos = (visible.cumsum(1) - 1)[g.rows, g.mods]  # place of each pair in its row's sequence
         where = torch.zeros(b, length, dtype=torch.long, device=x.device)
         where[g.rows, pos] = g.group * g.size + g.slot
-        seq = tokens.flatten(0, 1)[where]  # [B, L, E]; positions past a row's count are masked
+        seq = _gather_rows(tokens.flatten(0, 1), where)  # [B, L, E]; positions past a row's count are masked
         rest_ok = torch.arange(length, device=x.device) < count[:, None]
         p = self.prefix.shape[0]
         n_keep = p if hidden else N_SPECIAL
@@ -287,7 +308,7 @@ class Prom3e(nn.Module):
         g = group_pairs(targets)
         b, m = x.shape[:2]
         pick = g.rows[g.index]  # [U, C] row of each buffer position (padding: a copy, masked by valid)
-        pred = F.normalize(self.decode_mlp(z[pick], g.used).float(), dim=-1)
+        pred = F.normalize(self.decode_mlp(_gather_rows(z, pick), g.used).float(), dim=-1)
         true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
         lab = labels[pick] if labels is not None else None
         recon, acc = contrastive_reconstruction(

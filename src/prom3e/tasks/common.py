@@ -13,6 +13,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from prom3e.data.labels import encode_labels  # noqa: F401 - the one label encoder, re-exported
+from prom3e.metrics import average_ranks, l2n, spearman  # noqa: F401 - re-exported for the tasks
+
 
 class FuserLike(Protocol):
     """What the tasks need from a model (:class:`prom3e.api.Fuser` implements it)."""
@@ -26,26 +29,6 @@ class FuserLike(Protocol):
     def reconstruct(self, batch: Any, targets: Sequence[str] | None = None,
                     visible: Sequence[str] | None = None, n_samples: int = 0, seed: int = 0,
                     batch_size: int = 1024) -> dict[str, torch.Tensor]: ...
-
-
-def encode_labels(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Any label column → (``int64[N]`` codes, −1 where missing; sorted class names).
-
-    Missing = null/None, NaN or the empty string. Classes are compared as strings.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arr = pa.array(np.asarray(values), from_pandas=True)  # NaN → null
-    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
-        arr = pc.cast(arr, pa.string())
-    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    strings = np.asarray(arr.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
-    classes, inv = np.unique(strings[valid].astype(str), return_inverse=True)
-    codes = np.full(len(strings), -1, np.int64)
-    codes[valid] = inv
-    return codes, [str(c) for c in classes]
 
 
 def _within_class_position(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -92,36 +75,6 @@ def visible_sets(modalities: Sequence[str], max_size: int) -> list[tuple[str, ..
     for k in range(1, min(max_size, len(modalities)) + 1):
         out.extend(combinations(modalities, k))
     return out
-
-
-def l2n(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Rows scaled to unit L2 norm (zero rows stay zero), as float32 tensors."""
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
-    return torch.nn.functional.normalize(t, dim=-1)
-
-
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank (as ``scipy.stats.rankdata``)."""
-    x = np.asarray(x)
-    order = np.argsort(x, kind="stable")
-    _, inv, counts = np.unique(x[order], return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = (ends - (counts - 1) / 2.0)[inv.reshape(-1)]
-    return ranks
-
-
-def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float | None:
-    """Spearman rank correlation (average ranks for ties); ``None`` when undefined."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return None
-    ra, rb = average_ranks(a[ok]), average_ranks(b[ok])
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
-    return None if den == 0 else float((ra * rb).sum() / den)
 
 
 def jsonable(x: Any, digits: int = 6) -> Any:

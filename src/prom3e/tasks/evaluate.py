@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +34,13 @@ import torch
 
 from prom3e.data.table import ModalTable, read_table
 from prom3e.errors import Prom3eError
+from prom3e.metrics import dedup_gallery
+from prom3e.runtime import progress_bar
 from prom3e.tasks import gap as gap_mod
 from prom3e.tasks import probe as probe_mod
 from prom3e.tasks import uncertainty as unc
 from prom3e.tasks import zeroshot as zs
+from prom3e.tasks.claims import claims
 from prom3e.tasks.common import (
     FuserLike,
     encode_labels,
@@ -48,10 +52,11 @@ from prom3e.tasks.common import (
     stratified_subsample,
     visible_sets,
 )
-from prom3e.tasks.retrieval import DELTA_GRID, PairData, dedup_gallery, evaluate_pair, query_mean
+from prom3e.tasks.eval_config import ALL_TASKS, EvalConfig
+from prom3e.tasks.retrieval import DELTA_GRID, PairData, evaluate_pair, query_mean
 
-ALL_TASKS = ("retrieval", "zeroshot", "probe", "uncertainty", "gap")
 SCHEMA_VERSION = 1
+OUTPUTS = ("metrics.json", "report.md", "*.png", "next_modality.csv")  # what an evaluation writes
 PROBE_FEATURES = ("raw", "mu", "tokens", "reconstruction")
 FIT_VALUES = ("train", "fit", "val", "validation")  # split-column values of the fit part
 
@@ -160,6 +165,7 @@ def evaluate(
     plots: bool = True,
     progress: bool = False,
     command: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation suite; return the metrics (and write them when ``out_dir`` is set).
 
@@ -173,8 +179,11 @@ def evaluate(
     test part, rows marked ``train``/``fit``/``val`` the fit part) instead of ``fit_frac``.
     ``threads``: torch CPU threads while evaluating (restored after; default: unchanged) —
     1 is much faster on an oversubscribed machine, where multi-threaded small ops stall.
+    ``settings``: entries added to (or replacing) ``metrics["settings"]``, for a caller that
+    evaluates rows taken from a larger table (:mod:`prom3e.tasks.evaluate_dataset`).
     """
     params = dict(locals())  # the arguments above, passed on unchanged
+    EvalConfig.from_dict({k: params[k] for k in EvalConfig.field_names()})  # refuse bad options
     with _torch_threads(threads):
         return _evaluate(**params)
 
@@ -196,15 +205,9 @@ def _evaluate(
     fuser: FuserLike, table: ModalTable | str | os.PathLike, label: str | None, out_dir, *, modalities,
     visible, targets, max_visible, class_modality, class_prototypes, tasks, seed, fit_frac, split_column,
     max_fit, max_test, max_subset_size, delta_grid, batch_size, threads, plots, progress, command,
+    settings=None,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     tasks = tuple(tasks)
-    bad = [t for t in tasks if t not in ALL_TASKS]
-    if bad:
-        raise Prom3eError(f"unknown task '{bad[0]}' (have: {', '.join(ALL_TASKS)})")
-    if not 0 < fit_frac < 1:
-        raise Prom3eError(f"fit_frac must be in (0, 1), got {fit_frac}")
     if isinstance(table, str | os.PathLike):
         table = read_table(table)
     stage1 = getattr(fuser, "aligner", None) is not None
@@ -252,6 +255,7 @@ def _evaluate(
         fit_rows, test_rows = stratified_split(y, fit_frac, seed)
     fit_rows = stratified_subsample(fit_rows, y, max_fit, seed + 1)
     test_rows = stratified_subsample(test_rows, y, max_test, seed + 2)
+    _enough(table, fit_rows, test_rows, sets, tgts, tasks)
     protos = proto_classes = None
     proto_source = None
     if class_mod is not None and label is not None and "zeroshot" in tasks:
@@ -263,7 +267,7 @@ def _evaluate(
     unc_sets = visible_sets(mods, max_subset_size) if "uncertainty" in tasks else []
     next_sets = [s for s in unc_sets if len(s) < min(max_subset_size, len(mods))]
     total = len(sets) + len(unc_sets) + len(next_sets) + (len(mods) if "gap" in tasks else 0)
-    bar = tqdm(total=total, desc="evaluate", disable=not progress, unit="step")
+    bar = progress_bar(total=total, show=progress, desc="evaluate", unit="step")
 
     per_set = []
     for s in sets:
@@ -283,6 +287,7 @@ def _evaluate(
             "max_subset_size": max_subset_size, "delta_grid": list(run.grid),
         },
     }
+    metrics["settings"].update(settings or {})
     extra: dict[str, Any] = {}
     if "retrieval" in tasks:
         metrics["retrieval"] = _retrieval_summary([p for r in per_set for p in r["retrieval"]])
@@ -295,7 +300,7 @@ def _evaluate(
     if "gap" in tasks:
         metrics["gap"], extra["gap"] = _gap(run, test, bar)
     bar.close()
-    metrics["claims"] = _claims(metrics)
+    metrics["claims"] = claims(metrics)
     metrics = jsonable(metrics)
     if out_dir is not None:
         from prom3e.viz.report import write_outputs, write_text
@@ -304,6 +309,16 @@ def _evaluate(
                       plots=plots, command=command)
         write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _enough(table: ModalTable, fit_rows: np.ndarray, test_rows: np.ndarray, sets: list, tgts: list[str],
+            tasks: tuple[str, ...]) -> None:
+    """Refuse an evaluation that would report on nothing."""
+    if len(test_rows) == 0 or len(fit_rows) == 0:
+        raise Prom3eError(f"{table.source}: {len(table)} row(s) give {len(fit_rows)} fit and {len(test_rows)} test "
+                          "rows; an evaluation needs both (a bigger table, or --split-column)")
+    if "retrieval" in tasks and not any(t not in s for s in sets for t in tgts):
+        raise Prom3eError("nothing to retrieve: every target is visible in every visible set")
 
 
 # --- per visible set ----------------------------------------------------------------------
@@ -411,7 +426,8 @@ def _by_size(items: list[dict], keys: Sequence[str]) -> dict[str, dict]:
 
 def _retrieval_summary(pairs: list[dict]) -> dict:
     keys = [f"r{k}_{kind}" for k in (1, 5, 10) for kind in _KINDS] + ["delta"]
-    return {"pairs": pairs, "summary": {"n_pairs": len(pairs), **_means(pairs, keys),
+    return {"pairs": pairs, "summary": {"n_pairs": len(pairs), "n_nonfinite": sum(p["n_nonfinite"] for p in pairs),
+                                        **_means(pairs, keys),
                                         "by_visible_size": _by_size(pairs, keys)}}
 
 
@@ -458,7 +474,15 @@ def _uncertainty(run: _Run, test: _Split, subsets, next_sets, bar) -> tuple[dict
             "n": int(sum(len(c["sigma"]) for c in run.calib)),
         },
     }
-    return metrics, {"sigma": sig, "next": nxt}
+    return metrics, {"sigma": sig, "next": nxt, "floor": sigma_l1_floor(run.fuser)}
+
+
+def sigma_l1_floor(fuser: FuserLike) -> float | None:
+    """The least ‖σ‖₁ the model can report, E·exp(−clip/2), where every logσ² sits at its
+    clip (a collapsed σ); ``None`` for a model without that clip."""
+    cfg = getattr(getattr(fuser, "model", None), "cfg", None)
+    clip, dim = getattr(cfg, "logvar_clip", None), getattr(cfg, "embed_dim", None)
+    return None if clip is None or dim is None else float(dim * math.exp(-clip / 2))
 
 
 def _gap(run: _Run, test: _Split, bar) -> tuple[dict, dict]:
@@ -505,45 +529,3 @@ def _gap(run: _Run, test: _Split, bar) -> tuple[dict, dict]:
                            for t in mods if any((a, t) in rec for a in mods)},
     }
     return metrics, clouds
-
-
-def _claims(m: dict) -> dict:
-    """The paper's central claims, checked on these numbers (``holds`` = majority agrees)."""
-    out: dict[str, Any] = {}
-    if "retrieval" in m:
-        pairs = [p for p in m["retrieval"]["pairs"] if p["r1_cross"] is not None and p["r1_inversion"] is not None]
-        better = [p["r1_inversion"] > p["r1_cross"] for p in pairs]
-        out["inversion_beats_cross_r1"] = {
-            "n": len(pairs), "frac_better": mean_or_none(better),
-            "frac_not_worse": mean_or_none([p["r1_inversion"] >= p["r1_cross"] for p in pairs]),
-            "holds": bool(pairs) and float(np.mean(better)) > 0.5,
-        }
-    if "zeroshot" in m:
-        sets = {tuple(s["visible"]): s for s in m["zeroshot"]["sets"]}
-        cmp = []
-        for s, v in sets.items():
-            if len(s) == 2 and (s[0],) in sets and (s[1],) in sets and v["top1_inversion"] is not None:
-                single = max(sets[(s[0],)]["top1_inversion"] or 0, sets[(s[1],)]["top1_inversion"] or 0)
-                cmp.append(v["top1_inversion"] > single)
-        out["two_visible_beat_one_zeroshot"] = {
-            "n": len(cmp), "frac_better_than_best_single": mean_or_none(cmp),
-            "holds": bool(cmp) and float(np.mean(cmp)) > 0.5,
-        }
-    if "probe" in m:
-        sets = [s for s in m["probe"]["sets"] if s["acc_reconstruction"] is not None and s["acc_mu"] is not None]
-        best_hidden = [max(s["acc_mu"], s["acc_tokens"] if s["acc_tokens"] is not None else 0) for s in sets]
-        cmp = [h > s["acc_reconstruction"] for h, s in zip(best_hidden, sets, strict=True)]
-        out["hidden_probe_beats_reconstructed"] = {
-            "n": len(cmp), "frac_better": mean_or_none(cmp),
-            "frac_mu_better": mean_or_none([s["acc_mu"] > s["acc_reconstruction"] for s in sets]),
-            "holds": bool(cmp) and float(np.mean(cmp)) > 0.5,
-        }
-    if "uncertainty" in m:
-        red = [r for n in m["uncertainty"]["next"] for r in n["ranking"] if r["actual_reduction"] is not None]
-        lower = [r["actual_reduction"] > 0 for r in red]
-        out["adding_modality_lowers_sigma"] = {
-            "n": len(red), "frac_mean_lower": mean_or_none(lower),
-            "mean_frac_rows_lower": mean_or_none([r["frac_actual_lower"] for r in red]),
-            "holds": bool(red) and float(np.mean(lower)) > 0.5,
-        }
-    return out

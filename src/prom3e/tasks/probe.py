@@ -5,8 +5,9 @@ L-BFGS on ``mean cross-entropy + ½·λ‖W‖²`` with ``λ = 1 / (C·n_train)`
 of scikit-learn's ``LogisticRegression(C)`` (lbfgs, L2, unpenalised intercept). The
 default solver is a short L-BFGS on torch tensors with the analytic gradient (several
 times faster than scikit-learn's on wide token features, same optimum up to the
-tolerance); ``solver="sklearn"`` runs scikit-learn itself. Scores:
-accuracy and macro-F1 on held-out rows. Deterministic: no randomness in either solver.
+tolerance); ``solver="sklearn"`` runs scikit-learn itself. Scores: accuracy and macro-F1
+on held-out rows (:mod:`prom3e.metrics`: NaN logits predict nothing, a miss).
+Deterministic: no randomness in either solver.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from prom3e import metrics
 from prom3e.tasks.common import stratified_split
 
 
@@ -93,7 +95,7 @@ def _fit_predict_torch(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     theta = lbfgs(lambda t: _softmax_loss_grad(x, onehot, lam, t),
                   torch.zeros(d * n_classes + n_classes), max_iter=max_iter)
     w, b = theta[: d * n_classes].view(d, n_classes), theta[d * n_classes:]
-    return torch.addmm(b, torch.from_numpy(x_test), w).argmax(1).numpy()
+    return metrics.predict(torch.addmm(b, torch.from_numpy(x_test), w))  # −1: tied or NaN logits
 
 
 def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -120,7 +122,8 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
         std = x_train.std(0) + 1e-6
         xtr, xte = (x_train - mean) / std, (x_test - mean) / std
         if solver == "torch":
-            pred = classes[_fit_predict_torch(xtr, codes.reshape(-1), xte, len(classes), C, max_iter)]
+            code = _fit_predict_torch(xtr, codes.reshape(-1), xte, len(classes), C, max_iter)
+            pred = np.where(code >= 0, classes[np.maximum(code, 0)], -1)
         elif solver == "sklearn":
             from sklearn.exceptions import ConvergenceWarning
             from sklearn.linear_model import LogisticRegression
@@ -132,21 +135,9 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
             pred = clf.predict(xte)
         else:
             raise ValueError(f"unknown solver '{solver}' (torch or sklearn)")
-    out["acc"] = float((pred == y_test).mean())
-    out["macro_f1"] = macro_f1(y_test, pred)
+    out["acc"] = metrics.accuracy(y_test, pred)
+    out["macro_f1"] = metrics.macro_f1(y_test, pred)
     return out
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean over the classes of ``y_true`` of 2·TP / (2·TP + FP + FN) (= scikit-learn's)."""
-    labels, codes = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
-    t, p = codes[: len(y_true)], codes[len(y_true):]
-    k = len(labels)
-    tp = np.bincount(t[t == p], minlength=k)
-    support = np.bincount(t, minlength=k)
-    predicted = np.bincount(p, minlength=k)
-    f1 = 2 * tp / np.maximum(support + predicted, 1)
-    return float(f1[support > 0].mean())
 
 
 def probe(x: np.ndarray, y: np.ndarray, test_frac: float = 0.25, seed: int = 0, C: float = 1.0,

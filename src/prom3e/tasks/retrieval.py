@@ -7,10 +7,9 @@ cross-modal retrieval (TaxaBind / ImageBind), δ = 1 reconstruction only; modali
 inversion picks δ on a validation split. The gallery holds real t-embeddings; scores are
 inner products with the L2-normalised gallery (so cosine for a fixed query).
 
-**Rank of the true item** (1-based) = 1 + #items scoring strictly higher + #items scoring
-exactly the same with a smaller gallery index: a deterministic tie rule that gives no
-credit to degenerate (constant) scores. The true item's score is read from the same score
-matrix as the others, so it is never compared against a re-computed copy of itself.
+Ranks, the tie rule (a tie counts against the query) and the non-finite rule (NaN is a
+miss) are :mod:`prom3e.metrics`'s. The true item's score is read from the same score matrix
+as the others, so it is never compared against a re-computed copy of itself.
 """
 
 from __future__ import annotations
@@ -21,36 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prom3e.tasks.common import l2n
+from prom3e.metrics import chunk_rows, l2n, rank_from_scores, retrieval_summary
 
 DELTA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 KS: tuple[int, ...] = (1, 5, 10)
-_BUDGET = 1 << 22  # score-matrix elements per chunk (16 MiB of float32)
-
-
-def _chunk_rows(n_gallery: int, n_views: int = 1) -> int:
-    return max(1, _BUDGET // max(1, n_gallery * n_views))
-
-
-def _count_rank(scores: torch.Tensor, true_idx: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
-    """``scores [c, G]``, ``true_idx [c]`` → 1-based ranks ``[c]`` (tie rule: module doc).
-
-    Counting in float arithmetic (4 passes) is several times faster than boolean sums:
-    with t = sign(score − true), #higher = (Σt + Σ|t|)/2 and #equal = G − Σ|t|.
-    """
-    c, g = scores.shape
-    true = scores.gather(1, true_idx[:, None])
-    work = torch.empty(c, g) if work is None else work[:c]
-    acc = torch.float64 if g >= 1 << 24 else torch.float32  # exact integer counts
-    t = torch.sub(scores, true, out=work).sign_()
-    s_sign = t.sum(1, dtype=acc)
-    s_abs = t.abs_().sum(1, dtype=acc)
-    higher = ((s_sign + s_abs) / 2).long()
-    tied = ((g - s_abs) > 1).nonzero()[:, 0]  # equal to the true score, besides itself: rare
-    if len(tied):
-        before = (scores[tied] == true[tied]) & (torch.arange(g) < true_idx[tied, None])
-        higher[tied] += before.sum(1)
-    return higher + 1
 
 
 def rank_of_true(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray,
@@ -60,7 +33,8 @@ def rank_of_true(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.
 
     ``backend="torch"`` (default) is exact: chunked matmul and counting, memory bounded.
     ``backend="faiss"`` uses a flat inner-product index for the top ``max_rank`` items
-    (ranks beyond are reported as ``max_rank + 1``), for galleries too large to scan here.
+    (ranks beyond are reported as ``max_rank + 1``; ties in faiss's order), for galleries too
+    large to scan here. A query with a non-finite value gets the worst rank either way.
     """
     q = torch.as_tensor(np.asarray(queries) if not isinstance(queries, torch.Tensor) else queries,
                         dtype=torch.float32)
@@ -89,7 +63,7 @@ def ranks_for_deltas(query: torch.Tensor | None, recon: torch.Tensor | None, gal
         raise ValueError("a δ needs the input that is missing")
     n, g = ref.shape[0], gallery.shape[0]
     out = torch.empty(len(deltas), n, dtype=torch.long)
-    step = _chunk_rows(g)
+    step = chunk_rows(g)
     buf = torch.empty(min(step, n), g)
     work = torch.empty(min(step, n), g)
     for s in range(0, n, step):
@@ -105,7 +79,7 @@ def ranks_for_deltas(query: torch.Tensor | None, recon: torch.Tensor | None, gal
                 scores = a
             else:
                 scores = torch.add(a, b, alpha=float(d), out=buf[: len(t)])
-            out[i, s: s + step] = _count_rank(scores, t, work)
+            out[i, s: s + step] = rank_from_scores(scores, t, work)
     return out
 
 
@@ -118,31 +92,14 @@ def _rank_faiss(q: torch.Tensor, g: torch.Tensor, t: torch.Tensor, max_rank: int
     _, found = index.search(np.ascontiguousarray(q.numpy()), k)
     hit = torch.from_numpy(found) == t[:, None]
     first = hit.float().argmax(1) + 1
-    return torch.where(hit.any(1), first, torch.full_like(first, k + 1)).long()
+    ranks = torch.where(hit.any(1), first, torch.full_like(first, k + 1)).long()
+    ranks[~torch.isfinite(q).all(1)] = g.shape[0]  # NaN is a miss (faiss would rank it anywhere)
+    return ranks
 
 
 def recall_metrics(ranks: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float | None]:
-    """``r{k}`` = fraction with rank ≤ k; ``median_rank``; ``mrr`` (mean reciprocal rank)."""
-    r = ranks.double()
-    if r.numel() == 0:
-        return {**{f"r{k}": None for k in ks}, "median_rank": None, "mrr": None}
-    out: dict[str, float | None] = {f"r{k}": float((r <= k).double().mean()) for k in ks}
-    out["median_rank"] = float(r.median())  # lower median for even counts: deterministic
-    out["mrr"] = float((1.0 / r).mean())
-    return out
-
-
-def dedup_gallery(target: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct target vectors (normalised) and each row's index among them.
-
-    Identical vectors (one text embedding per class, one satellite tile per grid cell) are
-    one gallery item: retrieving any copy of the true vector counts as a hit.
-    """
-    x = np.ascontiguousarray(np.asarray(target, dtype=np.float32))
-    if len(x) == 0:
-        return torch.zeros(0, x.shape[1] if x.ndim == 2 else 0), torch.zeros(0, dtype=torch.long)
-    uniq, inv = np.unique(x, axis=0, return_inverse=True)
-    return l2n(uniq), torch.from_numpy(inv.reshape(-1).astype(np.int64))
+    """``r{k}`` = fraction with rank ≤ k; ``median_rank``; ``mrr`` (:func:`prom3e.metrics.retrieval_summary`)."""
+    return retrieval_summary(ranks, ks)
 
 
 def query_mean(raw: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:
@@ -160,7 +117,7 @@ def choose_delta(query: torch.Tensor | None, recon: torch.Tensor, gallery: torch
         return 1.0, []
     ranks = ranks_for_deltas(query, recon, gallery, true_idx, grid).double()
     r1 = (ranks <= 1).double().mean(1)
-    mrr = (1.0 / ranks).mean(1)
+    mrr = (1.0 / ranks).mean(1)  # prom3e.metrics' definitions, for every δ at once
     best = max(range(len(grid)), key=lambda i: (float(r1[i]), float(mrr[i]), -grid[i]))
     return float(grid[best]), [float(v) for v in r1]
 
@@ -185,7 +142,7 @@ def evaluate_pair(fit: PairData, test: PairData, grid: Sequence[float] = DELTA_G
     deltas = (0.0, 1.0, delta) if test.query is not None else (1.0, 1.0, 1.0)
     ranks = ranks_for_deltas(test.query, test.recon, test.gallery, test.true, deltas)
     out: dict = {"n_query": int(test.true.numel()), "n_gallery": int(test.gallery.shape[0]),
-                 "delta": delta}
+                 "delta": delta, "n_nonfinite": int((~torch.isfinite(test.recon).all(1)).sum())}
     for name, r in zip(("cross", "reconstruction", "inversion"), ranks, strict=True):
         m = recall_metrics(r, ks)
         if name == "cross" and test.query is None:

@@ -133,6 +133,32 @@ def next_modality(fuser: FuserLike, table: ModalTable, rows: np.ndarray, visible
     return out
 
 
+def expected_reductions(fuser: FuserLike, x: torch.Tensor, present: torch.Tensor, names: Sequence[str],
+                        batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the expected drop of ‖σ‖₁ from adding each absent modality (its visible set
+    being the row's present modalities, which may differ row to row).
+
+    ``x [B, M, Dmax]``, ``present bool [B, M]`` → (``base float64 [B]`` = ‖σ‖₁ of the row as
+    it is, ``expected float64 [B, M]``, NaN where the modality is already present). As in
+    :func:`next_modality`, a candidate is plugged in as its reconstruction from the visible
+    set. One encode + one reconstruct + one encode per candidate modality, all rows batched.
+    """
+    base = sigma_l1(fuser.encode((x, present), batch_size=batch_size))
+    out = np.full(tuple(present.shape), np.nan)
+    cands = [m for m in range(len(names)) if not bool(present[:, m].all())]
+    if not cands:
+        return base, out
+    recon = fuser.reconstruct((x, present), targets=[names[m] for m in cands], batch_size=batch_size)
+    for m in cands:
+        rows = (~present[:, m]).nonzero()[:, 0]
+        x2, p2 = x[rows].clone(), present[rows].clone()
+        r = recon[names[m]][rows]
+        x2[:, m, : r.shape[1]] = r
+        p2[:, m] = True
+        out[rows.numpy(), m] = base[rows.numpy()] - sigma_l1(fuser.encode((x2, p2), batch_size=batch_size))
+    return base, out
+
+
 def calibration(sigma: np.ndarray, error: np.ndarray, rank: np.ndarray) -> dict[str, float | None]:
     """Spearman of ‖σ‖₁ with reconstruction error (1 − cos) and with retrieval rank."""
     return {"spearman_recon_error": spearman(sigma, error), "spearman_rank": spearman(sigma, rank)}

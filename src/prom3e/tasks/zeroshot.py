@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from prom3e.tasks.common import l2n
+from prom3e import metrics
+from prom3e.metrics import l2n
 from prom3e.tasks.retrieval import DELTA_GRID
 
 
@@ -64,26 +65,28 @@ def class_scores(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return query @ protos.T
 
 
+def _true_columns(y: np.ndarray, proto_classes: np.ndarray) -> torch.Tensor:
+    """Column of each row's class among the prototypes (−1: its class has no prototype)."""
+    col = {int(c): j for j, c in enumerate(np.asarray(proto_classes))}
+    return torch.tensor([col.get(int(v), -1) for v in np.asarray(y)], dtype=torch.long)
+
+
 def classify_metrics(scores: torch.Tensor, y: np.ndarray, proto_classes: np.ndarray,
                      ks: Sequence[int] = (1, 5)) -> dict[str, float | None]:
     """Top-k accuracy and macro accuracy (mean per-class recall over the classes in ``y``).
 
     ``y`` are class codes; ``proto_classes[j]`` is the class of prototype column j. A row
-    whose class has no prototype is always wrong. Ties: the lower column wins (stable sort).
+    whose class has no prototype is always wrong. Ties and NaN: :mod:`prom3e.metrics`' rules
+    (a tie with the true class, or a non-finite score, is a miss).
     """
     y = np.asarray(y)
     if len(y) == 0:
         return {**{f"top{k}": None for k in ks}, "macro": None}
-    order = torch.argsort(-scores, dim=1, stable=True)
-    pred = torch.from_numpy(np.asarray(proto_classes, dtype=np.int64))[order]  # [Q, C] classes
-    yt = torch.from_numpy(y.astype(np.int64))[:, None]
-    out: dict[str, float | None] = {}
-    for k in ks:
-        out[f"top{k}"] = float((pred[:, : min(k, pred.shape[1])] == yt).any(1).double().mean())
-    correct = (pred[:, 0] == yt[:, 0]).numpy()
-    cls, inv = np.unique(y, return_inverse=True)
-    per_class = np.bincount(inv, weights=correct, minlength=len(cls)) / np.bincount(inv, minlength=len(cls))
-    out["macro"] = float(per_class.mean())
+    true = _true_columns(y, proto_classes)
+    out: dict[str, float | None] = {f"top{k}": metrics.topk_accuracy(scores, true, k) for k in ks}
+    pred_col = metrics.predict(scores)
+    pred = np.where(pred_col >= 0, np.asarray(proto_classes)[np.maximum(pred_col, 0)], -1)
+    out["macro"] = metrics.balanced_accuracy(y, pred)
     return out
 
 
@@ -93,13 +96,10 @@ def choose_delta_zeroshot(query: torch.Tensor | None, recon: torch.Tensor, proto
     """δ of ``grid`` with the best top-1 accuracy on validation rows (ties: smaller δ)."""
     if query is None or len(y) == 0:
         return 1.0, []
-    cls = torch.from_numpy(np.asarray(proto_classes, dtype=np.int64))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    true = _true_columns(y, proto_classes)
     a, b = class_scores(query, protos), class_scores(recon, protos)
-    d = torch.tensor(list(grid), dtype=torch.float32)[:, None, None]
-    pred = cls[((1 - d) * a + d * b).argmax(-1)]  # [len(grid), Q]
-    acc = (pred == yt).double().mean(1)
-    best = max(range(len(grid)), key=lambda i: (float(acc[i]), -grid[i]))
+    acc = [metrics.topk_accuracy((1 - d) * a + d * b, true, 1) for d in grid]
+    best = max(range(len(grid)), key=lambda i: (acc[i], -grid[i]))
     return float(grid[best]), [float(v) for v in acc]
 
 

@@ -12,23 +12,28 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from prom3e.config import Options
 from prom3e.data.masking import sample_visible, training_targets
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
-from prom3e.models.prom3e import Prom3e, Prom3eConfig, named_config
-from prom3e.runtime import autocast, resolve_device, resolve_precision
+from prom3e.io import write_text
+from prom3e.metrics import dedup_gallery, recall_at_k, retrieval_ranks
+from prom3e.models.prom3e import CONFIGS, Prom3e, Prom3eConfig, named_config
+from prom3e.runtime import autocast, progress_bar, resolve_device, resolve_precision
 from prom3e.train import checkpoint as ckpt
+from prom3e.train.data import BatchSource, InMemorySource, label_ids, split_rows  # noqa: F401 (re-exported)
 
 
 @dataclass
-class TrainConfig:
-    model: str = "base"  # a named architecture: tiny | base | paper | large
-    model_overrides: dict = field(default_factory=dict)
+class TrainConfig(Options):
+    model: Literal["tiny", "base", "paper", "large"] = "base"  # a named architecture
+    model_overrides: dict = field(default_factory=dict)  # Prom3eConfig fields, e.g. {depth: 2}
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
@@ -39,7 +44,7 @@ class TrainConfig:
     warmup_steps: int = 50
     restart_epochs: int = 0  # cosine warm restarts every T₀ epochs; 0 = one cosine over the run
     kl_weight: float = 1e-3
-    noise: str = "dim"  # per-dimension ε ("dim") or the reference's one ε per row ("scalar")
+    noise: Literal["dim", "scalar"] = "dim"  # per-dimension ε or the reference's one ε per row
     visible_probs: tuple[float, ...] = (0.9, 0.1)  # P(1 visible), P(2 visible), …
     reconstruct_all: bool = False  # reconstruct every present modality, not only masked ones
     label_column: str | None = None  # same-label rows are not negatives
@@ -47,38 +52,28 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_cap: int = 4000  # rows used for the per-epoch validation R@1
     seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16
-    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # 0 = torch's default
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise Prom3eError(f"unknown training option(s): {', '.join(unknown)}")
-        d = dict(d)
-        for k in ("betas", "visible_probs"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+    WHAT: ClassVar[str] = "training option"
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "epochs": ">= 1", "batch_size": ">= 2", "lr": "> 0", "min_lr": ">= 0", "weight_decay": ">= 0",
+        "betas": "[0, 1)", "eps": "> 0", "warmup_steps": ">= 0", "restart_epochs": ">= 0", "kl_weight": ">= 0",
+        "visible_probs": ">= 0", "val_fraction": "(0, 1)", "val_cap": ">= 1", "seed": ">= 0", "threads": ">= 0"}
 
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise Prom3eError("epochs must be ≥ 1 and batch_size ≥ 2")
-        if not 0 < self.val_fraction < 1:
-            raise Prom3eError("val_fraction must be in (0, 1)")
-        if self.noise not in ("dim", "scalar"):
-            raise Prom3eError("noise must be 'dim' or 'scalar'")
-        if not self.visible_probs or min(self.visible_probs) < 0 or sum(self.visible_probs) <= 0:
-            raise Prom3eError("visible_probs must be non-negative with a positive sum")
-
-
-def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train/validation split of ``n`` rows."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    def check(self) -> None:
+        if not self.visible_probs or sum(self.visible_probs) <= 0:
+            self.fail("visible_probs", f"give non-negative probabilities with a positive sum, got {self.visible_probs}")
+        if self.min_lr > self.lr:
+            self.fail("min_lr", f"must be ≤ lr ({self.lr}), got {self.min_lr}")
+        fixed = {"modalities", "dims"}
+        known = [f.name for f in fields(Prom3eConfig) if f.name not in fixed]
+        bad = sorted(str(k) for k in self.model_overrides if k not in known)
+        if bad:
+            self.fail("model_overrides", f"unknown model option(s) {', '.join(bad)} (known: {', '.join(known)})")
+        Prom3eConfig.from_dict({**CONFIGS[self.model], **self.model_overrides, "modalities": ["a"], "dims": [1]},
+                               where="model_overrides")
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -91,38 +86,36 @@ def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
 
-def label_ids(table: ModalTable, column: str | None) -> np.ndarray | None:
-    if column is None:
-        return None
-    _, ids = np.unique(table.label(column).astype(str), return_inverse=True)
-    return ids.astype(np.int64)
-
-
 @torch.no_grad()
 def validation_r1(model: Prom3e, x: torch.Tensor, present: torch.Tensor, seed: int,
-                  device: torch.device, precision: str) -> dict[str, float]:
+                  device: torch.device, precision: str, batch_size: int = 1024) -> dict[str, float]:
     """R@1 of retrieving each row's real target among the validation rows, per modality.
 
     One fixed visible modality per row (seeded); each masked present modality is
-    reconstructed from μ and ranked against that modality's real embeddings.
+    reconstructed from μ and ranked by cosine against that modality's distinct real
+    embeddings (:mod:`prom3e.metrics`: a tie is a miss, NaN is a miss). Encoding and
+    ranking are chunked: memory grows linearly with the rows, never as rows².
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     visible = sample_visible(present, (1.0,), gen)
+    mods = list(range(x.shape[1]))
+    recon = torch.empty(len(mods), len(x), x.shape[2])
+    for i in range(0, len(x), batch_size):
+        with autocast(device, precision):
+            post = model.encode(x[i:i + batch_size].to(device), visible[i:i + batch_size].to(device))
+            recon[:, i:i + batch_size] = model.decode(post.mu, mods).float().cpu()
     out: dict[str, float] = {}
-    with autocast(device, precision):
-        post = model.encode(x.to(device), visible.to(device))
-        recon = model.decode(post.mu, list(range(x.shape[1])))  # [M, B, D]
-    for m, name in enumerate(model.cfg.modalities):  # metric only, not the training hot path
+    for m, (name, d) in enumerate(zip(model.cfg.modalities, model.cfg.dims, strict=True)):
         rows = (present[:, m] & ~visible[:, m]).nonzero().squeeze(1)
-        gallery = present[:, m].nonzero().squeeze(1)
         if len(rows) == 0:
             continue
-        sims = recon[m, rows].float() @ x[gallery, m].to(device).float().T
-        true_pos = torch.searchsorted(gallery.to(device), rows.to(device))
-        # identical gallery embeddings (a shared satellite tile) are indistinguishable: a tie counts
-        hit = sims.gather(1, true_pos[:, None]).squeeze(1) >= sims.max(1).values
-        out[name] = hit.float().mean().item()
+        have = present[:, m].nonzero().squeeze(1)
+        gallery, inv = dedup_gallery(x[have, m, :d].numpy())  # a shared tile is one item
+        where = torch.full((len(x),), -1, dtype=torch.long)
+        where[have] = torch.arange(len(have))
+        ranks = retrieval_ranks(recon[m, rows, :d], gallery, inv[where[rows]])
+        out[name] = float(recall_at_k(ranks, 1))
     model.train()
     return out
 
@@ -150,18 +143,32 @@ def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
     return loss, stats
 
 
+# settings that may differ on --resume without --allow-changes (they change neither the
+# split nor the trajectory of the epochs already run)
+RESUME_FREE = ("epochs", "device", "threads")
+
+
 class Trainer:
-    def __init__(self, table: ModalTable, cfg: TrainConfig, run_dir: str | os.PathLike,
-                 progress: bool = True):
+    def __init__(self, table: ModalTable | BatchSource, cfg: TrainConfig, run_dir: str | os.PathLike,
+                 progress: bool = True, resume: bool = False, overwrite: bool = False,
+                 allow_changes: bool = False):
         cfg.validate()
-        self.cfg, self.table, self.run = cfg, table, Path(run_dir)
-        self.progress = progress
+        if isinstance(table, ModalTable):
+            table.check_values()  # tables built in memory are not checked by the readers
+            table = InMemorySource(table, cfg.val_fraction, cfg.val_cap, cfg.seed, cfg.label_column)
+        if table.n_train < 2:
+            raise Prom3eError(f"{table.source}: {table.n_train + table.n_val} row(s) leave {table.n_train} for "
+                              f"training after the validation split; need at least 2")
+        self.cfg, self.source, self.run = cfg, table, Path(run_dir)
+        self.progress, self.allow_changes = progress, allow_changes
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
             dist.init_process_group(backend)
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
+        if self.rank == 0:  # before any work: refuse a run in the way, clean a killed run's debris
+            ckpt.prepare_run(self.run, resume, overwrite, self.source.inputs())
         if self.distributed and torch.cuda.is_available() and cfg.device != "cpu":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         self.device = resolve_device(cfg.device)
@@ -170,15 +177,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.model_cfg: Prom3eConfig = named_config(
-            cfg.model, table.modalities, table.dims, **cfg.model_overrides)
+            cfg.model, self.source.modalities, self.source.dims, **cfg.model_overrides)
         self.model = Prom3e(self.model_cfg).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
-        self.train_rows, self.val_rows = split_rows(len(table), cfg.val_fraction, cfg.seed)
-        self.x = torch.from_numpy(table.padded())
-        self.present = torch.from_numpy(table.present)
-        labels = label_ids(table, cfg.label_column)
-        self.labels = torch.from_numpy(labels) if labels is not None else None
-        self.epoch, self.step, self.best = 0, 0, -1.0
+        self.epoch, self.step, self.best, self.best_epoch = 0, 0, -1.0, 0
         self.history: list[dict] = []
         self.ddp = None
         if self.distributed:
@@ -188,40 +190,62 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
     # --- persistence ---------------------------------------------------------------------
-    def _save(self, which: str) -> None:
-        if self.rank != 0:
-            return
-        self.run.mkdir(parents=True, exist_ok=True)
+    def _write_config(self) -> None:
         ckpt.write_json(self.run / "config.json", {
             "format_version": ckpt.FORMAT_VERSION,
             "model": self.model_cfg.to_dict(),
             "train": asdict(self.cfg),
         })
-        ckpt.write_json(self.run / "schema.json", ckpt.schema_dict(self.table.modalities, self.table.dims))
+        ckpt.write_json(self.run / "schema.json", ckpt.schema_dict(self.source.modalities, self.source.dims))
+
+    def _checkpoint(self, improved: bool) -> None:
+        """``last/`` atomically (with the best so far), then the best weights if this epoch is it:
+        a kill between the two is repaired on resume (:meth:`resume`)."""
         state = self.model.state_dict()
-        if which == "best":
-            ckpt.save_tensors(self.run / "model.safetensors", state)
-            return
-        last = self.run / "last"
-        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt)
-        ckpt.save_tensors(last / "model.safetensors", state)
-        ckpt.save_tensors(last / "optimizer.safetensors", opt_tensors)
-        ckpt.write_json(last / "state.json", {
-            "epoch": self.epoch, "step": self.step, "best": self.best,
-            "history": self.history, "optimizer": opt_meta,
-        })
+        ckpt.save_checkpoint(self.run, state, self.opt, {
+            "epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+            "history": self.history, "data": self.source.fingerprint()})
+        if improved:
+            ckpt.save_tensors(self.run / "model.safetensors", state, {"epoch": self.epoch})
+
+    def _changed_settings(self, saved: dict) -> list[str]:
+        new = json.loads(json.dumps(asdict(self.cfg)))
+        return [f"{k} {saved[k]!r} → {new[k]!r}" for k in sorted(saved.keys() & new.keys())
+                if saved[k] != new[k] and k not in RESUME_FREE]
 
     def resume(self) -> None:
+        """Continue from ``last/``: refuse other settings or another table (unless
+        ``allow_changes``), verify the checkpoint, and put ``log.jsonl`` back in step with it."""
         last = self.run / "last"
-        state = ckpt.read_json(last / "state.json")
         saved = ckpt.read_json(self.run / "config.json")
         if saved.get("model") != json.loads(json.dumps(self.model_cfg.to_dict())):
             raise Prom3eError(f"{self.run}: --resume with a different model config or table schema")
+        changed = self._changed_settings(saved.get("train", {}))
+        if not (last / "state.json").exists():  # killed before its first checkpoint: start again
+            if changed and not self.allow_changes:
+                raise Prom3eError(f"{self.run}: --resume with different settings: {'; '.join(changed)} "
+                                  "(pass --allow-changes to continue anyway)")
+            return
+        state = ckpt.read_checkpoint_state(self.run)
+        data = self.source.fingerprint()
+        if state.get("data") not in (None, data):
+            old = state["data"]
+            changed.append(f"the table ({old.get('rows')} rows → {data['rows']}" +
+                           (", same row count but other contents)" if old.get("rows") == data["rows"] else ")"))
+        if changed and not self.allow_changes:
+            raise Prom3eError(f"{self.run}: --resume with different settings: {'; '.join(changed)} "
+                              "(the split and the schedule would change; pass --allow-changes to continue anyway)")
         ckpt.load_state_into(self.model, last / "model.safetensors")
         ckpt.restore_optimizer(self.opt, ckpt.load_tensors(last / "optimizer.safetensors"),
                                state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        self.history = state["history"]
+        self.best_epoch, self.history = state.get("best_epoch", 0), state["history"]
+        if self.rank == 0:
+            best = self.run / "model.safetensors"
+            if self.best_epoch == self.epoch and _saved_epoch(best) != self.epoch:  # killed before the copy
+                ckpt.save_tensors(best, self.model.state_dict(), {"epoch": self.epoch})
+            lines = "".join(json.dumps(r) + "\n" for r in self.history)  # epochs past the checkpoint: gone
+            write_text(self.run / "log.jsonl", lines)
 
     # --- the loop ------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
@@ -233,37 +257,31 @@ class Trainer:
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to ``cfg.epochs`` (or stop after epoch ``stop_after``, as an interruption would)."""
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
-        self.run.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0 and self.epoch == 0:
-            (self.run / "log.jsonl").unlink(missing_ok=True)
-        n_train = len(self.train_rows)
-        per_rank = cfg.batch_size // self.world
-        steps_per_epoch = max(1, n_train // cfg.batch_size)
-        val_rows = self.val_rows[: cfg.val_cap]
+        if self.rank == 0:
+            self.run.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            if self.epoch == 0:
+                (self.run / "log.jsonl").unlink(missing_ok=True)
+        steps_per_epoch = self.source.steps_per_epoch(cfg.batch_size)
         net = self.ddp or self.model
         self.model.train()
         while self.epoch < min(cfg.epochs, stop_after or cfg.epochs):
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
             torch.manual_seed(cfg.seed * 7_919 + self.epoch)
-            order = torch.from_numpy(self.train_rows)[torch.randperm(n_train, generator=gen)]
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                       disable=not self.progress or self.rank != 0, leave=False)
+            batches = self.source.batches(self.epoch, cfg.batch_size, gen)
+            bar = progress_bar(batches, show=self.progress and self.rank == 0, total=steps_per_epoch,
+                               desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
             sums: dict[str, float] = {}
-            for i in bar:
-                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                present = self.present[idx]
-                visible = sample_visible(present, cfg.visible_probs, gen)
-                targets = training_targets(present, visible, cfg.reconstruct_all)
-                mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-                idx, visible, targets = idx[mine], visible[mine], targets[mine]
+            for i, batch in enumerate(bar):
+                visible = sample_visible(batch.present, cfg.visible_probs, gen)
+                targets = training_targets(batch.present, visible, cfg.reconstruct_all)
+                visible, targets = visible[batch.mine], targets[batch.mine]
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(self.step, steps_per_epoch, cfg)
-                x = self.x[idx].to(self.device, non_blocking=True)
-                lab = self.labels[idx].to(self.device) if self.labels is not None else None
+                x = batch.x.to(self.device, non_blocking=True)
+                lab = batch.labels.to(self.device) if batch.labels is not None else None
                 loss, stats = training_step(net, self.opt, x, visible.to(self.device), targets.to(self.device),
                                             lab, cfg, self.device, self.precision)
                 if not torch.isfinite(loss):
@@ -278,38 +296,52 @@ class Trainer:
                       **{k: v / steps_per_epoch for k, v in sums.items()},
                       "seconds": time.perf_counter() - t0}
             if self.rank == 0:
-                r1 = validation_r1(self.model, self.x[val_rows], self.present[val_rows], cfg.seed,
-                                   self.device, self.precision)
+                r1 = validation_r1(self.model, *self.source.validation(), cfg.seed, self.device, self.precision)
                 record["val_r1"] = r1
                 record["val_r1_mean"] = float(np.mean(list(r1.values()))) if r1 else 0.0
+                improved = record["val_r1_mean"] > self.best
+                if improved:
+                    self.best, self.best_epoch = record["val_r1_mean"], self.epoch
                 self._log(record)
-                if record["val_r1_mean"] > self.best:
-                    self.best = record["val_r1_mean"]
-                    self._save("best")
-                self._save("last")
+                self._checkpoint(improved)
                 if self.progress:
                     print(f"epoch {self.epoch}/{cfg.epochs}  loss {record['loss']:.4f}  "
                           f"val R@1 {record['val_r1_mean']:.3f}  ({record['seconds']:.1f}s)", flush=True)
         summary = {"epochs": self.epoch, "best_val_r1_mean": self.best, "rank": self.rank,
                    "parameters": self.model.n_params(), "precision": self.precision,
-                   "device": str(self.device), "train_rows": len(self.train_rows),
-                   "val_rows": len(self.val_rows)}
+                   "device": str(self.device), "train_rows": self.source.n_train,
+                   "val_rows": self.source.n_val}
         if self.rank == 0:
             ckpt.write_json(self.run / "metrics.json", {**summary, "history": self.history})
-            ckpt.write_json(self.run / "split.json", {"seed": self.cfg.seed,
-                                                      "val_rows": self.val_rows.tolist()})
+            ckpt.write_json(self.run / "split.json", self.source.split_record())
         if self.distributed:
             dist.barrier()
         return summary
 
 
-def train(table: ModalTable, run_dir: str | os.PathLike, cfg: TrainConfig,
-          resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train ProM3E on a validated table; write the run folder; return a summary."""
-    trainer = Trainer(table, cfg, run_dir, progress)
+def _saved_epoch(path: Path) -> int | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("epoch", -1))
+    except (OSError, ValueError, RuntimeError, SafetensorError):
+        return None
+
+
+def train(table: ModalTable | BatchSource, run_dir: str | os.PathLike, cfg: TrainConfig,
+          resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          overwrite: bool = False, allow_changes: bool = False) -> dict:
+    """Train ProM3E on a validated table (or a batch source, :mod:`prom3e.train.data`); write
+    the run folder; return a summary.
+
+    An existing run in ``run_dir`` is refused unless ``resume`` (continue it: same settings
+    and table, unless ``allow_changes``) or ``overwrite`` (replace it)."""
+    trainer = Trainer(table, cfg, run_dir, progress, resume=resume, overwrite=overwrite,
+                      allow_changes=allow_changes)
     if progress and trainer.rank == 0:
         print(f"prom3e: {cfg.model} model, {trainer.model.n_params():,} parameters, "
-              f"{len(table.modalities)} modalities, device {trainer.device}, {trainer.precision}",
+              f"{len(trainer.source.modalities)} modalities, device {trainer.device}, {trainer.precision}",
               flush=True)
     if resume:
         trainer.resume()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from prom3e.data.table import atomic_write
+from prom3e.io import atomic_write
 
 
 def write_text(path: Path, text: str) -> None:
@@ -69,28 +69,32 @@ def make_plots(out: Path, m: dict, extras: dict) -> dict[str, str]:
         plots.retrieval(m["retrieval"]["pairs"], out / "retrieval.png")
         figs["retrieval.png"] = "Retrieval R@1: modality inversion vs plain cross-modal"
     if m.get("zeroshot", {}).get("sets"):
+        k = m["zeroshot"].get("n_prototypes")
         plots.grouped_bars(m["zeroshot"]["sets"], ["top1_cross", "top1_reconstruction", "top1_inversion"],
                            ["cross (δ=0)", "recon (δ=1)", "inversion"], "top-1 accuracy",
                            f"zero-shot against {m['zeroshot']['class_modality']} prototypes",
-                           out / "zeroshot.png")
+                           out / "zeroshot.png", chance=1 / k if k else None, chance_what=f"1/{k}")
         figs["zeroshot.png"] = "Zero-shot top-1 accuracy per visible set"
     if m.get("probe", {}).get("sets"):
         plots.grouped_bars(m["probe"]["sets"], ["acc_raw", "acc_mu", "acc_tokens", "acc_reconstruction"],
                            ["raw", "hidden μ", "all tokens", "reconstructions"], "accuracy",
-                           f"linear probe of '{m['probe']['label']}'", out / "probe.png")
+                           f"linear probe of '{m['probe']['label']}'", out / "probe.png",
+                           chance=1 / k if (k := m["settings"].get("n_classes")) else None, chance_what=f"1/{k}")
         figs["probe.png"] = "Linear-probe accuracy per visible set and feature"
     unc = extras.get("uncertainty")
     if unc:
-        plots.sigma_violins(unc["sigma"], out / "sigma.png")
+        plots.sigma_violins(unc["sigma"], out / "sigma.png", floor=unc.get("floor"))
         figs["sigma.png"] = "‖σ‖₁ per visible subset"
         if any(n["ranking"] for n in m["uncertainty"]["next"]):
-            plots.next_modality(m["uncertainty"]["next"], out / "next_modality.png")
+            plots.next_modality(m["uncertainty"]["next"], out / "next_modality.png", m["settings"]["modalities"])
             figs["next_modality.png"] = "Which modality to add next (expected ‖σ‖₁ reduction)"
     if extras.get("calibration"):
-        plots.calibration(extras["calibration"], out / "calibration.png")
+        cal = m.get("uncertainty", {}).get("calibration", {})
+        plots.calibration(extras["calibration"], out / "calibration.png",
+                          rho_error=cal.get("pooled_spearman_recon_error"), rho_rank=cal.get("pooled_spearman_rank"))
         figs["calibration.png"] = "Calibration: ‖σ‖₁ vs reconstruction error and retrieval rank"
     if extras.get("gap"):
-        plots.gap_projection(extras["gap"], out / "gap.png")
+        plots.gap_projection(extras["gap"], out / "gap.png", scores=m.get("gap"))
         figs["gap.png"] = "Modality gap: 2-D PCA of raw inputs, hidden states, reconstructions"
     return figs
 
@@ -170,11 +174,15 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
             rows.append(["adding a modality lowers ‖σ‖₁", x["holds"],
                          f"{_f(x['frac_mean_lower'])} of {x['n']} (set, added) cases on average; "
                          f"{_f(x['mean_frac_rows_lower'])} of rows"])
+        rows = [[r[0], "not enough data" if r[1] is None else r[1], r[2]] for r in rows]
         parts.append(_table(["claim", "holds", "evidence"], rows))
 
     if "retrieval" in m:
         r = m["retrieval"]
         parts.append("## 1. Retrieval: cross-modal (δ = 0), reconstruction (δ = 1), inversion (δ on fit)\n")
+        if r["summary"].get("n_nonfinite"):
+            parts.append(f"**Warning:** {r['summary']['n_nonfinite']} reconstruction(s) held NaN/inf; each was "
+                         "scored as a miss (worst rank).\n")
         by = r["summary"]["by_visible_size"]
         parts.append(_table(
             ["visible", "pairs", "R@1 cross", "R@1 recon", "R@1 inversion", "R@5 cross", "R@5 inversion",
