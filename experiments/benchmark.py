@@ -5,7 +5,9 @@
     .venv/bin/python experiments/benchmark.py --dataset birdclef22    # needs experiments/out/birdclef22/aligned.parquet
 
 Runs ``prom3e benchmark`` with the dataset's profile (below) into ``experiments/out/bench_<dataset>/``
-(``--resume`` continues a killed run there; ``--overwrite`` starts afresh), then writes the summary
+(``--resume`` continues a killed run there; ``--overwrite`` starts afresh; ``--resume --rerun --methods
+prom3e`` fits ProM3E again, e.g. after a change of the library's defaults, and keeps every other
+method's results), then writes the summary
 ``experiments/results/benchmark_<dataset>.json`` and re-renders the docs' generated blocks
 (``experiments/benchmark_docs.py``). One thread, as every figure in the docs.
 
@@ -36,7 +38,7 @@ COMMON = ["--seeds", "0,1,2", "--etas", "0.7,0.9", "--lrs", "1e-3,3e-3", "--widt
           "--threads", "1"]
 PROFILES: dict[str, dict] = {
     "synthetic": {"label": "species", "args": ["--max-rows", "4000", "--epochs", "10"]},
-    "ucsc": {"label": "scientific_name", "args": ["--epochs", "15"]},
+    "ucsc": {"label": "scientific_name", "args": ["--max-rows", "3000", "--epochs", "10"]},
     "birdclef22": {"label": "primary_label",
                    "args": ["--max-rows", "5000", "--epochs", "10", "--split-column", "split"]},
 }
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="benchmark folder (default: experiments/out/bench_<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the results in --out")
+    p.add_argument("--rerun", action="store_true",
+                   help="with --resume and --methods: fit those methods again, keep every other method's results")
     p.add_argument("--methods", help="comma-separated subset of methods (default: all)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (1 seed, 1 epoch); no result file")
     p.add_argument("--no-save", action="store_true", help="do not write experiments/results/ nor the docs")
@@ -119,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
            *prof["args"]]
     if args.quick:
         cmd += QUICK  # later flags win
+    full = list(cmd)  # the command the result file names: a --rerun of some methods completes it
     if args.methods:
         cmd += ["--methods", args.methods]
     cmd += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
+    cmd += ["--rerun"] if args.rerun else []
     t0 = time.perf_counter()
     rc = 0 if args.summarise_only else cli(cmd)
     if rc != 0:
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     import render_docs
 
     results = json.loads((out / "results.json").read_text())
-    shown = [c.replace(str(HERE.parent) + "/", "") for c in cmd if c not in ("--resume", "--overwrite")]
+    shown = [c.replace(str(HERE.parent) + "/", "") for c in (full if args.rerun else cmd)
+             if c not in ("--resume", "--overwrite", "--rerun")]
     docgen.save_result(f"benchmark_{args.dataset}", summary(results, ["prom3e", *shown], time.perf_counter() - t0))
     return render_docs.main([])
 

@@ -164,6 +164,34 @@ def test_partial_results_survive_a_kill_and_resume(tmp_path, monkeypatch) -> Non
     assert main([a if a != "1" else "2" for a in args] + ["--resume"]) == 2  # other settings: refused
 
 
+def test_rerun_of_one_method_keeps_the_others(tmp_path, monkeypatch) -> None:
+    from prom3e.cli import main
+    from prom3e.methods import benchmark
+
+    data, out = _cli_table(tmp_path), tmp_path / "bench"
+    args = ["benchmark", "--data", str(data), "--label", "species", "--out", str(out), "--epochs", "1",
+            "--width", "16", "--seeds", "0,1", "--quiet"]
+    assert main(args + ["--methods", "zero-fill,late-fusion"]) == 0
+    before = {p.name: p.read_text() for p in (out / "partial").glob("*__seed*.json")}
+    real, calls = benchmark.run_method, []
+    monkeypatch.setattr(benchmark, "run_method", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    assert main(args + ["--methods", "late-fusion", "--rerun"]) == 2  # --rerun needs --resume
+    assert main(args + ["--methods", "late-fusion", "--resume"]) == 0
+    assert calls == []  # finished: nothing to do, and the report keeps zero-fill
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["zero-fill", "late-fusion"]
+    assert main(args + ["--methods", "late-fusion", "--resume", "--rerun"]) == 0
+    assert calls == ["late-fusion", "late-fusion"]  # refitted for both seeds, zero-fill not
+    after = {p.name: p.read_text() for p in (out / "partial").glob("*__seed*.json")}
+    assert sorted(after) == sorted(before)
+    assert all(after[n] == before[n] for n in after if n.startswith("zero-fill"))
+    assert any(after[n] != before[n] for n in after if n.startswith("late-fusion"))  # new timings at least
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["zero-fill", "late-fusion"] and res["config"]["methods"] == list(res["methods"])
+    assert [len(r["per_seed"]) for r in res["methods"].values()] == [2, 2]
+    assert [p["seed"] for p in res["methods"]["late-fusion"]["per_seed"]] == [0, 1]
+
+
 def test_output_location_is_checked_before_any_work(tmp_path, capsys) -> None:
     from prom3e.cli import main
 

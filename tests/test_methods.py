@@ -416,3 +416,40 @@ def test_prompted_layer_equals_the_full_layer_on_the_sequence_tokens() -> None:
     pad[:, 0] = False
     full = layer(torch.cat([seq, prompts], 1), src_key_padding_mask=pad)[:, :4]
     assert torch.allclose(prompted_layer(layer, seq, prompts, pad), full, atol=1e-5)
+
+
+def test_prom3e_in_the_benchmark_takes_the_library_defaults(monkeypatch) -> None:
+    """Only the shared width (embed_dim, mlp_dim at the config's ratio, heads) departs from the
+    named config; a changed library default (here registers, depth, KL weight, visible sets)
+    reaches the benchmark's ProM3E without a change in the method."""
+    import dataclasses
+
+    import prom3e.models.prom3e as model_mod
+    import prom3e.train.loop as loop
+    from prom3e.methods.prom3e_method import Prom3eMethod
+
+    monkeypatch.setitem(model_mod.CONFIGS, "base", {**model_mod.CONFIGS["base"], "registers": 3, "depth": 2,
+                                                      "mlp_dim": 768})
+    seen = {}
+    real_train = loop.train
+
+    def spy(table, run, cfg, **kw):
+        seen["cfg"] = cfg
+        return real_train(table, run, cfg, **kw)
+
+    monkeypatch.setattr(loop, "train", spy)
+    @dataclasses.dataclass
+    class ChangedDefaults(loop.TrainConfig):
+        kl_weight: float = 5e-4
+        visible_probs: tuple[float, ...] = (0.5, 0.5)
+
+    monkeypatch.setattr(loop, "TrainConfig", ChangedDefaults)
+    table, y = make_table(120, [5, 7, 4])
+    m = create("prom3e", FitConfig(epochs=2, batch_size=64, width=16))
+    assert isinstance(m, Prom3eMethod) and m.overrides == {"embed_dim": 16, "heads": 4, "mlp_dim": 48}
+    m.fit(table, y, 4)
+    tcfg = seen["cfg"]
+    assert tcfg.model == "base" and tcfg.kl_weight == 5e-4 and tcfg.visible_probs == (0.5, 0.5)
+    assert m.visible_probs == (0.5, 0.5)
+    mcfg = m.encoder.cfg
+    assert (mcfg.registers, mcfg.depth, mcfg.embed_dim, mcfg.mlp_dim) == (3, 2, 16, 48)

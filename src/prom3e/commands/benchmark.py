@@ -10,6 +10,7 @@ EXAMPLES = """\
   prom3e benchmark --data synth.parquet --label species --methods prom3e,cmpt,zero-fill --seeds 0,1,2 --out b
   prom3e benchmark --data t.parquet --label genus --etas 0.7,0.9 --out b --lrs 1e-3,3e-3 --widths 64,128
   prom3e benchmark --data t.parquet --label species --out b --resume     # continue a killed run
+  prom3e benchmark --data t.parquet --label species --out b --resume --rerun --methods prom3e   # refit ProM3E only
   prom3e benchmark --data t.parquet --label species --option moe-retriever.mode=weighted_mean --out b
 """
 
@@ -44,7 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-leaking", action="store_true",
                    help="keep one-vector-per-class modalities (label leaks) as inputs (default: left out)")
     p.add_argument("--split-column", help="metadata column of train/val/test values that fixes the split")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings; the report "
+                   "keeps every method finished there, e.g. --resume --methods prom3e adds or completes ProM3E)")
+    p.add_argument("--rerun", action="store_true", help="with --resume: fit --methods again where they had "
+                   "finished and replace their results (the other methods' stay as they were)")
     p.add_argument("--subset-cap", type=count(1), default=1000, help="test rows per visible set (default: 1000)")
     p.add_argument("--max-rows", type=count(4), help="use a stratified subsample of this many rows (default: all rows)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -98,7 +102,8 @@ def run(args) -> int:
                       fit=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=grid.lrs[0],
                                     width=grid.widths[0], device=args.device, progress=False))
     check_output_dir(args.out, products=OUTPUTS, inputs=[args.data], overwrite=True)  # inputs, file, writable
-    store = ResultStore(args.out, resume=args.resume, overwrite=args.overwrite)  # held results: before any work
+    store = ResultStore(args.out, resume=args.resume, overwrite=args.overwrite,
+                        rerun=args.rerun)  # held results: before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     table = load_table(args.data, args.label, args.modalities.split(",") if args.modalities else None)

@@ -244,14 +244,23 @@ def run_benchmark(table: ModalTable, label: str, cfg: BenchConfig, log: Callable
                                 "modalities": table.modalities, "dims": table.dims, "leaking_modalities": leaks,
                                 "left_out": left_out, "rows_without_modality": n_empty,
                                 "rows_unlabelled": unlabelled},
-                     "methods": {m: {"per_seed": []} for m in cfg.methods}}
+                     "methods": {}}
+    kept = [m for m in (store.finished_methods() if store is not None else []) if m in METHODS
+            and m not in cfg.methods]  # finished in the folder: reported as they are
+    order = [m for m in METHODS if m in cfg.methods or m in kept] if kept else list(cfg.methods)
+    results["methods"] = {m: {"per_seed": []} for m in order}
     if store is not None:
         store.start({k: v for k, v in results["config"].items() if k not in ("methods", "seeds")})
     t_start = time.perf_counter()
     for seed in cfg.seeds:
         data = None
-        for name in cfg.methods:
-            rec = store.load(name, seed) if store is not None else None
+        for name in order:
+            if name in kept:
+                rec = store.load(name, seed)
+                if rec is not None:
+                    results["methods"][name]["per_seed"].append(rec)
+                continue
+            rec = store.load(name, seed, refit=True) if store is not None else None
             if rec is None:
                 if data is None:
                     data = prepare(table, y, cfg, seed, table.label(cfg.split_column) if cfg.split_column else None)
@@ -266,7 +275,9 @@ def run_benchmark(table: ModalTable, label: str, cfg: BenchConfig, log: Callable
             if store is not None:
                 _summarise_all(results)
                 write_outputs(results, store.out, plot_png=False)
+    results["methods"] = {m: r for m, r in results["methods"].items() if r["per_seed"]}
     _summarise_all(results)
+    results["config"]["methods"] = list(results["methods"])
     results["config"]["total_seconds"] = time.perf_counter() - t_start
     return results
 

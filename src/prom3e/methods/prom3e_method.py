@@ -1,6 +1,8 @@
 """ProM3E in the benchmark: the fusion model, then a classifier on its hidden state.
 
-1. **Pre-training.** The fusion model is trained with :func:`prom3e.train.loop.train` on
+1. **Pre-training.** The fusion model — the library's named config (``model``, default
+   ``base``) and :class:`~prom3e.train.loop.TrainConfig` defaults, only its width set to the
+   benchmark's (:func:`width_overrides`) — is trained with :func:`prom3e.train.loop.train` on
    the training split (its own masked-reconstruction objective, its own 10 % validation
    rows for choosing the best epoch; the same batch size, width, learning rate and weight
    decay as every other method — the benchmark's tuning grid applies to it as to the
@@ -58,6 +60,19 @@ def split_epochs(epochs: int, pretrain_frac: float) -> tuple[int, int]:
     return pre, max(1, epochs - pre)
 
 
+def width_overrides(model: str, width: int) -> dict:
+    """The only departures from the library's named config ``model``: the benchmark's shared
+    width (the tuning grid's axis) as ``embed_dim``, ``mlp_dim`` at the config's own ratio
+    to it, and 4 heads (1 when 4 does not divide the width). Everything else — depth,
+    registers, posterior head, objective, KL, clip — is the library's default, so a changed
+    default reaches the benchmark without a code change here."""
+    from prom3e.models.prom3e import CONFIGS, Prom3eConfig
+
+    base = {**{f: getattr(Prom3eConfig(), f) for f in ("embed_dim", "mlp_dim")}, **CONFIGS[model]}
+    ratio = base["mlp_dim"] / base["embed_dim"]
+    return {"embed_dim": width, "heads": 4 if width % 4 == 0 else 1, "mlp_dim": max(1, round(ratio * width))}
+
+
 def hidden_features(encoder: nn.Module, x: Tensor, visible: Tensor) -> Tensor:
     """``[μ, hidden tokens flattened]`` of the encoder for the visible modalities."""
     post = encoder.encode(x, visible, hidden=True)
@@ -81,19 +96,22 @@ class Prom3eMethod(TorchMethod):
     n_views = 4
     estimate_space = "raw"
 
-    def __init__(self, cfg: FitConfig | None = None, model: str = "base", visible_probs: tuple[float, ...] = (0.9, 0.1),
-                 run_dir: str | None = None, finetune: bool = True, pretrain_frac: float = 0.5,
+    def __init__(self, cfg: FitConfig | None = None, model: str = "base",
+                 visible_probs: tuple[float, ...] | None = None, run_dir: str | None = None,
+                 finetune: bool = True, pretrain_frac: float = 0.5,
                  aux_weight: float = 1.0, **model_overrides):
+        from prom3e.train.loop import TrainConfig
+
         super().__init__(cfg)
+        if visible_probs is None:  # the library's default (TrainConfig), whatever it is
+            visible_probs = TrainConfig().visible_probs
         self.model_name, self.visible_probs, self.run_dir = model, tuple(visible_probs), run_dir
         self.finetune, self.aux_weight = bool(finetune), float(aux_weight)
         if self.finetune:
             self.pretrain_epochs, self.finetune_epochs = split_epochs(self.cfg.epochs, pretrain_frac)
         else:
             self.pretrain_epochs, self.finetune_epochs = self.cfg.epochs, self.cfg.epochs
-        w = self.cfg.width
-        self.overrides = {"embed_dim": w, "heads": 4 if w % 4 == 0 else 1, "mlp_dim": 2 * w, "registers": 4,
-                          **model_overrides}
+        self.overrides = {**width_overrides(model, self.cfg.width), **model_overrides}
 
     def _train_fusion(self, train: ModalTable, y: np.ndarray) -> None:
         from prom3e.api import Fuser

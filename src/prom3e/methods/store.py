@@ -7,8 +7,11 @@ Layout of an output folder::
     DIR/partial/<method>__seed<k>.json           one finished method × seed
 
 A killed run keeps every finished method × seed and a report of them; ``resume=True``
-continues it (the settings must be the same: a difference is named and refused), and
-``overwrite=True`` starts afresh. Without either, a folder that already holds results is
+continues it (the settings must be the same: a difference is named and refused; the methods
+and seeds may differ, and the report keeps every finished method of the folder), and
+``overwrite=True`` starts afresh. ``rerun=True`` (with ``resume``) fits the run's methods
+again where they had finished — e.g. only ProM3E after a change of its defaults — and
+replaces their records, leaving every other method's as it was. Without either, a folder that already holds results is
 refused — nothing is replaced silently.
 """
 
@@ -33,10 +36,13 @@ def _write_json(path: Path, obj) -> None:
 class ResultStore:
     """The output folder of one benchmark run."""
 
-    def __init__(self, out: str | os.PathLike, resume: bool = False, overwrite: bool = False):
+    def __init__(self, out: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                 rerun: bool = False):
         if resume and overwrite:
             raise Prom3eError("--resume and --overwrite exclude each other")
-        self.out, self.resume = Path(out), resume
+        if rerun and not resume:
+            raise Prom3eError("--rerun needs --resume (it re-fits methods of an existing run)")
+        self.out, self.resume, self.rerun = Path(out), resume, rerun
         self.partial = self.out / "partial"
         if self.out.exists() and not self.out.is_dir():
             raise Prom3eError(f"--out {self.out}: exists and is not a folder")
@@ -76,10 +82,18 @@ class ResultStore:
     def _path(self, method: str, seed: int) -> Path:
         return self.partial / f"{method}__seed{seed}.json"
 
-    def load(self, method: str, seed: int) -> dict | None:
-        """A finished method × seed, or None."""
+    def load(self, method: str, seed: int, refit: bool = False) -> dict | None:
+        """A finished method × seed, or None (always None for one to be re-fitted under ``rerun``)."""
         path = self._path(method, seed)
+        if refit and self.rerun:
+            return None
         return json.loads(path.read_text()) if path.exists() else None
+
+    def finished_methods(self) -> list[str]:
+        """The methods with at least one finished seed in the folder (when resuming; else none)."""
+        if not self.resume:
+            return []
+        return sorted({p.name.rsplit("__seed", 1)[0] for p in self.partial.glob("*__seed*.json")})
 
     def save(self, method: str, seed: int, record: dict) -> None:
         _write_json(self._path(method, seed), record)
