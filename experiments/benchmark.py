@@ -38,9 +38,10 @@ COMMON = ["--seeds", "0,1,2", "--etas", "0.7,0.9", "--lrs", "1e-3,3e-3", "--widt
           "--threads", "1"]
 PROFILES: dict[str, dict] = {
     "synthetic": {"label": "species", "args": ["--max-rows", "4000", "--epochs", "10"]},
-    "ucsc": {"label": "scientific_name", "args": ["--max-rows", "3000", "--epochs", "10"]},
+    # the real tables: one width (64) in the grid, so that both fit one evening on the shared machine
+    "ucsc": {"label": "scientific_name", "args": ["--max-rows", "3000", "--epochs", "8", "--widths", "64"]},
     "birdclef22": {"label": "primary_label",
-                   "args": ["--max-rows", "5000", "--epochs", "10", "--split-column", "split"]},
+                   "args": ["--max-rows", "2500", "--epochs", "8", "--widths", "64", "--split-column", "split"]},
 }
 QUICK = ["--seeds", "0", "--epochs", "1", "--lrs", "1e-3", "--widths", "16", "--subset-cap", "50",
          "--option", "moe-retriever.tokens=2", "--option", "aoept.n_prototypes=8", "--option", "aoept.prompt_len=2",

@@ -444,12 +444,21 @@ def test_prom3e_in_the_benchmark_takes_the_library_defaults(monkeypatch) -> None
         visible_probs: tuple[float, ...] = (0.5, 0.5)
 
     monkeypatch.setattr(loop, "TrainConfig", ChangedDefaults)
+    kl_weights = []
+    real_forward = model_mod.Prom3e.forward
+
+    def forward_spy(self, *a, **kw):
+        kl_weights.append(kw.get("kl_weight"))
+        return real_forward(self, *a, **kw)
+
+    monkeypatch.setattr(model_mod.Prom3e, "forward", forward_spy)
     table, y = make_table(120, [5, 7, 4])
     m = create("prom3e", FitConfig(epochs=2, batch_size=64, width=16))
     assert isinstance(m, Prom3eMethod) and m.overrides == {"embed_dim": 16, "heads": 4, "mlp_dim": 48}
     m.fit(table, y, 4)
     tcfg = seen["cfg"]
     assert tcfg.model == "base" and tcfg.kl_weight == 5e-4 and tcfg.visible_probs == (0.5, 0.5)
-    assert m.visible_probs == (0.5, 0.5)
+    assert m.visible_probs == (0.5, 0.5) and len(m.history) == 1 and "aux" in m.history[0]
+    assert kl_weights and set(kl_weights) == {5e-4}  # pre-training and the fine-tuning auxiliary
     mcfg = m.encoder.cfg
     assert (mcfg.registers, mcfg.depth, mcfg.embed_dim, mcfg.mlp_dim) == (3, 2, 16, 48)

@@ -103,8 +103,9 @@ class Prom3eMethod(TorchMethod):
         from prom3e.train.loop import TrainConfig
 
         super().__init__(cfg)
-        if visible_probs is None:  # the library's default (TrainConfig), whatever it is
-            visible_probs = TrainConfig().visible_probs
+        self.defaults = TrainConfig()  # the library's training defaults, whatever they are
+        if visible_probs is None:
+            visible_probs = self.defaults.visible_probs
         self.model_name, self.visible_probs, self.run_dir = model, tuple(visible_probs), run_dir
         self.finetune, self.aux_weight = bool(finetune), float(aux_weight)
         if self.finetune:
@@ -181,7 +182,8 @@ class Prom3eMethod(TorchMethod):
         targets = training_targets(present, vis)
         if not targets.any():  # every row has a single modality: nothing to reconstruct
             return task, {"task": task.item()}
-        aux, _ = self.net.encoder(x, vis, targets, y)
+        d = self.defaults
+        aux, _ = self.net.encoder(x, vis, targets, y, kl_weight=d.kl_weight, noise=d.noise, dedup=d.dedup)
         return task + self.aux_weight * aux, {"task": task.item(), "aux": aux.item()}
 
     def logits(self, x: Tensor, visible: Tensor) -> Tensor:
