@@ -1,6 +1,7 @@
-"""Benchmark every missing-modality method on the UCSC plants data (../shared/data/ucsc-plants).
+"""The UCSC plants table of the benchmark (../shared/data/ucsc-plants).
 
-The table (written to ``experiments/out/ucsc_plants_table.parquet``):
+The table (written to ``experiments/out/ucsc_plants_table.parquet``; the benchmark itself is
+``experiments/benchmark.py --dataset ucsc``):
 
 - ``image``: the 1280-d EfficientNet-Lite0 features, PCA to 64 dims (fitted on all rows:
   unsupervised preprocessing, no label), L2-normalised;
@@ -8,15 +9,16 @@ The table (written to ``experiments/out/ucsc_plants_table.parquet``):
 
 Text is left out on purpose: there is one text embedding per species, so for a species
 label it is the label itself (a leak: any method would score 100 % whenever it is visible).
-When stage 1's aligned table ``experiments/out/ucsc_aligned.parquet`` exists, ``--aligned`` uses
-its image and date columns instead (text still dropped).
+Stage 1's aligned table (``experiments/out/ucsc_aligned.parquet``, with text) can be benchmarked
+with ``experiments/benchmark.py --dataset ucsc --data experiments/out/ucsc_aligned.parquet``:
+its text is detected as a label leak and left out.
 
-    .venv/bin/python experiments/ucsc_benchmark.py --epochs 20 --seeds 0,1,2 --out experiments/out/ucsc
+    .venv/bin/python experiments/ucsc_benchmark.py            # (re)build the table
+    .venv/bin/python experiments/benchmark.py --dataset ucsc   # the benchmark
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -51,31 +53,11 @@ def build_table(data: Path = DATA, dim: int = 64) -> pa.Table:
     return pa.table(cols)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from prom3e.cli import main as cli
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", default="20")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--label", default="scientific_name")
-    p.add_argument("--methods", default=None)
-    p.add_argument("--aligned", action="store_true", help="use experiments/out/ucsc_aligned.parquet (image, date)")
-    p.add_argument("--out", default=str(OUT / "ucsc"))
-    p.add_argument("--rebuild", action="store_true", help="rebuild the table even if it exists")
-    args, rest = p.parse_known_args(argv)
-    if args.aligned:
-        path, mods = OUT / "ucsc_aligned.parquet", ["image", "date"]
-    else:
-        path, mods = OUT / "ucsc_plants_table.parquet", None
-        if args.rebuild or not path.exists():  # deterministic: built once, reused by later (parallel) runs
-            write_parquet(build_table(), path)
-    cmd = ["benchmark", "--data", str(path), "--label", args.label, "--epochs", args.epochs, "--seeds", args.seeds,
-           "--out", args.out, *rest]
-    if mods:
-        cmd += ["--modalities", ",".join(mods)]
-    if args.methods:
-        cmd += ["--methods", args.methods]
-    return cli(cmd)
+def main() -> int:
+    path = OUT / "ucsc_plants_table.parquet"
+    write_parquet(build_table(), path)
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

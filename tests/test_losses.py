@@ -77,3 +77,19 @@ def test_loss_runs_under_each_precision(precision):
                                                valid, alpha, beta)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(a.grad).all() and 0 <= float(acc) <= 1
+
+
+def test_ignored_rows_with_every_column_masked_give_finite_gradients() -> None:
+    """An ignored row whose candidates are all same-label rows has only −inf logits: its
+    NaN log-softmax must not reach the gradients (it used to turn every weight into NaN)."""
+    import torch
+
+    from prom3e.models.losses import contrastive_reconstruction
+
+    pred = torch.randn(1, 4, 8, requires_grad=True)
+    true = torch.randn(1, 4, 8)
+    valid = torch.tensor([[True, True, False, False]])
+    labels = torch.tensor([[0, 0, 0, 1]])  # row 2 (ignored): its only valid columns share its label
+    loss, _ = contrastive_reconstruction(pred, true, valid, torch.tensor([-5.0]), torch.tensor([5.0]), labels)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()

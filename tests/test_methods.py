@@ -65,7 +65,7 @@ def test_cmpt_alignment_target_is_stop_gradient() -> None:
     from prom3e.methods.cmpt import CmptNet, alignment_loss
 
     torch.manual_seed(0)
-    net = CmptNet([6, 6], width=8, n_classes=3, rank=1, heads=2, seed=0)
+    net = CmptNet([6, 6], width=8, n_classes=3, rank=1, heads=2, seed=0, base="frozen")
     x = torch.randn(5, 2, 6, requires_grad=True)
     visible = torch.ones(5, 2, dtype=torch.bool)
     h = net.embed(x)
@@ -248,3 +248,217 @@ def test_aoept_prom3e_backbone_is_frozen_after_fit(monkeypatch) -> None:
     assert pretrained and all(torch.equal(pretrained[k], v) for k, v in m.net.model.state_dict().items())
     with pytest.raises(Prom3eError, match="backbone"):
         create("aoept", FAST, backbone="bogus")
+
+
+def _garbled(table: ModalTable, visible: np.ndarray, value: float) -> ModalTable:
+    """The table with every slot that is not visible (hidden or absent) overwritten by ``value``."""
+    feats = [np.where(visible[:, m:m + 1], f, value).astype(np.float32) for m, f in enumerate(table.features)]
+    return ModalTable(table.modalities, feats, table.present, dict(table.meta))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_hidden_modality_values_are_never_read(name: str) -> None:
+    table, y = make_table(150, [5, 7, 4])
+    m = create(name, FAST, **SMALL.get(name, {})).fit(table, y, 4)
+    vis = drop_modalities(torch.from_numpy(table.present), 0.5, torch.Generator().manual_seed(3)).numpy()
+    assert (vis != table.present).any()
+    p = m.predict_proba(table, vis)
+    est = m.estimate(table, vis, 1)
+    for garbage in (1e4, float("nan"), -3.0):
+        g = _garbled(table, vis, garbage)
+        assert np.array_equal(m.predict_proba(g, vis), p), garbage
+        if est is not None:
+            assert np.array_equal(m.estimate(g, vis, 1)[0], est[0]), garbage
+    if est is not None:  # the *real* target (what R@1 ranks) is the table's, whatever is visible
+        assert np.allclose(m.estimate(table, table.present, 1)[1], est[1], atol=1e-6)
+        hidden = table.present[:, 1] & ~vis[:, 1]
+        assert np.abs(est[1][hidden]).sum(1).min() > 0  # not zeros where the target is hidden
+
+
+def test_cmpt_substitutes_proxies_for_hidden_modalities_and_gates_all() -> None:
+    from prom3e.methods.cmpt import CmptNet
+
+    torch.manual_seed(0)
+    net = CmptNet([6, 5, 4], width=8, n_classes=3, rank=1, heads=2, seed=0).eval()
+    assert all(p.requires_grad for p in net.project.parameters())  # trainable base projection (default)
+    x = torch.randn(7, 3, 6)
+    vis = torch.tensor([[True, False, True]] * 7)
+    h = net.embed(x)
+    p = net.proxies(h, vis)
+    v, g = net.fuse(h, p, vis)
+    assert torch.equal(v[:, 1], p[:, 1]) and torch.equal(v[:, 0], h[:, 0]) and torch.equal(v[:, 2], h[:, 2])
+    assert torch.allclose(g.sum(1), torch.ones(7)) and (g > 0).all()  # softmax gate over real + proxy
+    p2 = p.clone()
+    p2[:, 1] += 1.0
+    v2, g2 = net.fuse(h, p2, vis)
+    assert not torch.allclose(g2, g)  # the proxy takes part in the gate
+    p3 = p.clone()
+    p3[:, 0] += 1.0  # the proxy of a visible modality is not used
+    assert torch.equal(net.fuse(h, p3, vis)[0], v)
+    x2 = x.clone()
+    x2[:, 1] = 5.0  # a hidden modality's proxy never reads that modality
+    assert torch.allclose(net.proxies(net.embed(x2), vis)[:, 1], p[:, 1])
+
+
+def test_aoept_prompts_only_for_hidden_modalities_and_gate_from_the_others() -> None:
+    from prom3e.methods.aoept import AoeptNet
+
+    torch.manual_seed(0)
+    dims = [5, 6, 4]
+    protos = np.random.default_rng(0).normal(size=(3, 4, 6)).astype(np.float32)
+    net = AoeptNet(dims, 8, 3, protos, np.ones((3, 4), bool), prompt_len=3, depth=2, heads=2, reduction=16).eval()
+    x = torch.randn(6, 3, 6)
+    vis = torch.tensor([[True, False, True]] * 6)
+    logits = net(x, vis)[0]
+    with torch.no_grad():
+        net.queries[:, 0] += 1.0  # prompts of a visible modality: masked out
+    assert torch.allclose(net(x, vis)[0], logits, atol=1e-6)
+    with torch.no_grad():
+        net.queries[:, 1] += 1.0  # prompts of the hidden modality: used
+    assert not torch.allclose(net(x, vis)[0], logits, atol=1e-4)
+    h = net.embed(x)
+    g = net.gate(h, vis)
+    h2 = h.clone()
+    h2[:, 1] += 3.0
+    h2[:, 0] += 3.0
+    g2 = net.gate(h2, vis)
+    assert torch.allclose(g2[:, 0], g[:, 0])  # m0's gate reads only the others' visible tokens (m2), not m0
+    assert not torch.allclose(g2[:, 1], g[:, 1])  # the hidden m1's gate reads the visible m0
+
+
+def test_aoept_per_layer_prototypes_and_per_layer_estimates() -> None:
+    table, y = make_table(160, [5, 7, 4])
+    m = create("aoept", FitConfig(epochs=2, batch_size=64, width=16), n_prototypes=8, prompt_len=2)
+    m.fit(table, y, 4)
+    assert m.prompt_len == 2 and create("aoept", FAST).prompt_len == 16  # the paper's length by default
+    assert m.net.layer_protos.shape == (2, 3, 8, 16) and not m.net.layer_protos.requires_grad
+    assert not torch.equal(m.net.layer_protos[0], m.net.layer_protos[1])  # one set per layer
+    vis = table.present.copy()
+    vis[:, 0] = False
+    ok = vis.any(1)
+    sub, vis = table.take(np.flatnonzero(ok)), vis[ok]
+    layers = m.estimate_layers(sub, vis, 0)
+    assert len(layers) == 2 and layers[0].shape == (len(sub), 16)
+    assert np.allclose(layers[0], m.estimate(sub, vis, 0)[0], atol=1e-6)  # layer 0 = the estimate
+
+
+def test_moe_retriever_warmup_group_size_and_deterministic_predictions() -> None:
+    table, y = make_table(200, [6, 6, 6, 6], missing=0.3)
+    cfg = FitConfig(epochs=4, batch_size=64, width=16)
+    m = create("moe-retriever", cfg, tokens=2)
+    assert m.p == 2 and m.d == 16 and create("moe-retriever", FAST).p == 16  # released P; D = shared width
+    seen = []
+    real_forward = m._forward
+
+    def spy(x, visible, rows, targets=None):
+        out = real_forward(x, visible, rows, targets)
+        if m.net.training:
+            seen.append(m.retrieving)
+        return out
+
+    m._forward = spy
+    m.fit(table, y, 4)
+    steps = len(seen) // 4
+    assert not any(seen[:steps]) and all(seen[steps:])  # epoch 1 of 4 (25 %) without the retriever
+    vis = table.present.copy()
+    vis[:, 3] = False
+    vis[~vis.any(1), 0] = True
+    vis &= table.present
+    keep = vis.any(1)
+    sub, vis = table.take(np.flatnonzero(keep)), vis[keep]
+    a = m.predict_proba(sub, vis)
+    assert np.array_equal(a, m.predict_proba(sub, vis))  # repeated calls: identical
+    n_obs = vis.sum(1)
+    assert len(m.last_support) == int(sum(n_obs[i] * (~vis[i]).sum() for i in range(len(vis))))  # |O| per query
+    assert (~vis).any()
+    assert np.array_equal(m.estimate(sub, vis, 3)[0], m.estimate(sub, vis, 3)[0])
+
+
+def test_cmpt_base_options() -> None:
+    table, y = make_table(100, [4, 6])
+    frozen = create("cmpt", FAST, base="frozen").fit(table, y, 4)
+    assert not frozen.net.project.frozen.requires_grad
+    with pytest.raises(Prom3eError, match="base"):
+        create("cmpt", FAST, base="nope")
+
+
+def test_knn_imputation_matches_brute_force_and_chunks() -> None:
+    table, y = make_table(300, [5, 8, 3], missing=0.4, seed=2)
+    m = create("knn-impute", FAST, k=4).fit(table, y, 4)
+    x = torch.from_numpy(table.padded()).double()
+    pres = torch.from_numpy(table.present)
+    vis = drop_modalities(pres, 0.5, torch.Generator().manual_seed(4))
+    rows = torch.arange(len(x))
+    got = m.fill(x.float(), vis, exclude=rows, chunk=7)
+    assert torch.equal(got, m.fill(x.float(), vis, exclude=rows, chunk=4096))  # chunking changes nothing
+    pen = m.penalty.double()
+    for i in range(0, 300, 3):
+        w = vis[i].double()
+        d2 = torch.where(pres, ((x[i][None] - x) ** 2).sum(-1), pen)
+        dist = (d2 * w).sum(-1) / w.sum()
+        dist[i] = float("inf")
+        for t in np.flatnonzero(~vis[i].numpy()):
+            d = dist.masked_fill(~pres[:, t], float("inf")).sort()
+            if d.values[4] - d.values[3] < 1e-5:
+                continue  # a tie at the k-th neighbour: either is right
+            assert torch.allclose(got[i, t].double(), x[d.indices[:4], t].mean(0), atol=1e-5)
+
+
+def test_prompted_layer_equals_the_full_layer_on_the_sequence_tokens() -> None:
+    from torch import nn
+
+    from prom3e.methods.aoept import prompted_layer
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=True, norm_first=True).eval()
+    seq, prompts = torch.randn(5, 4, 16), torch.randn(5, 9, 16)
+    pad = torch.rand(5, 13) < 0.3
+    pad[:, 0] = False
+    full = layer(torch.cat([seq, prompts], 1), src_key_padding_mask=pad)[:, :4]
+    assert torch.allclose(prompted_layer(layer, seq, prompts, pad), full, atol=1e-5)
+
+
+def test_prom3e_in_the_benchmark_takes_the_library_defaults(monkeypatch) -> None:
+    """Only the shared width (embed_dim, mlp_dim at the config's ratio, heads) departs from the
+    named config; a changed library default (here registers, depth, KL weight, visible sets)
+    reaches the benchmark's ProM3E without a change in the method."""
+    import dataclasses
+
+    import prom3e.models.prom3e as model_mod
+    import prom3e.train.loop as loop
+    from prom3e.methods.prom3e_method import Prom3eMethod
+
+    monkeypatch.setitem(model_mod.CONFIGS, "base", {**model_mod.CONFIGS["base"], "registers": 3, "depth": 2,
+                                                      "mlp_dim": 768})
+    seen = {}
+    real_train = loop.train
+
+    def spy(table, run, cfg, **kw):
+        seen["cfg"] = cfg
+        return real_train(table, run, cfg, **kw)
+
+    monkeypatch.setattr(loop, "train", spy)
+    @dataclasses.dataclass
+    class ChangedDefaults(loop.TrainConfig):
+        kl_weight: float = 5e-4
+        visible_probs: tuple[float, ...] = (0.5, 0.5)
+
+    monkeypatch.setattr(loop, "TrainConfig", ChangedDefaults)
+    kl_weights = []
+    real_forward = model_mod.Prom3e.forward
+
+    def forward_spy(self, *a, **kw):
+        kl_weights.append(kw.get("kl_weight"))
+        return real_forward(self, *a, **kw)
+
+    monkeypatch.setattr(model_mod.Prom3e, "forward", forward_spy)
+    table, y = make_table(120, [5, 7, 4])
+    m = create("prom3e", FitConfig(epochs=2, batch_size=64, width=16))
+    assert isinstance(m, Prom3eMethod) and m.overrides == {"embed_dim": 16, "heads": 4, "mlp_dim": 48}
+    m.fit(table, y, 4)
+    tcfg = seen["cfg"]
+    assert tcfg.model == "base" and tcfg.kl_weight == 5e-4 and tcfg.visible_probs == (0.5, 0.5)
+    assert m.visible_probs == (0.5, 0.5) and len(m.history) == 1 and "aux" in m.history[0]
+    assert kl_weights and set(kl_weights) == {5e-4}  # pre-training and the fine-tuning auxiliary
+    mcfg = m.encoder.cfg
+    assert (mcfg.registers, mcfg.depth, mcfg.embed_dim, mcfg.mlp_dim) == (3, 2, 16, 48)

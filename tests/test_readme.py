@@ -31,7 +31,8 @@ REWRITES: list[tuple[str, str]] = [
     (r"^(prom3e train --data train\.parquet --out runs/synth)$", r"\1 --epochs 2 --model tiny --threads 1"),
     (r"--resume --epochs 60$", "--resume --epochs 3 --threads 1"),
     (r"^(prom3e evaluate .*)$", r"\1 --max-subset-size 2 --threads 1"),
-    (r"--epochs 20 --seeds 0,1", "--epochs 1 --seeds 0 --methods prom3e,zero-fill,late-fusion --threads 1"),
+    (r"--epochs 20 --seeds 0,1,2 --lrs 1e-3,3e-3", "--epochs 1 --seeds 0 --methods prom3e,zero-fill,late-fusion"
+                                                  " --threads 1"),
     (r"--config paper --batch 1024 --threads 2", "--config tiny --batch 64 --threads 1 --repeats 1 --no-reference"
                                                  " --precision fp32"),
     (r"^(\S*prom3e demo .*)$", r"\1 --n 600 --epochs 1 --model tiny"),

@@ -8,20 +8,27 @@ prompts of the missing modality, which are inserted in the first N layers; loss 
 0.05·InfoNCE(mean prompt, stop-grad real feature), τ = 0.01, where the modality is present.
 
 Here: tokens are the per-modality projections (``LN(Linear(x_m)) + modality id``) of the
-visible modalities; K-means prototypes are computed once, on the raw embeddings of the
-training split's present rows (``fit`` only: prediction never touches them), and pass
-through the same projection; each of the ``depth`` layers of a small pre-LN fusion
-transformer gets its own prompts (deep prompts: a layer's prompt outputs are replaced by
-the next layer's prompts); the gate of modality m reads the mean projection of the
-visible modalities other than m; the [cls] output feeds an MLP head. InfoNCE compares
-each row's mean (gated, first-layer) prompt of m with the stop-gradient projections of m
-of the batch rows that have m.
+visible modalities; each of the ``depth`` layers of a small pre-LN fusion transformer gets
+its own prompts (deep prompts: a layer's prompt outputs are replaced by the next layer's
+prompts), ``prompt_len`` = 16 per modality and layer (the paper's upper value);
+**per-layer prototypes** (``prototypes="per-layer"``, default): the K-means centres (K =
+128) of modality m's token state entering layer l, over (at most ``proto_rows`` = 2048) training
+rows with all their modalities visible — recomputed at the start of every epoch, because
+here the backbone trains (the paper's is frozen, so its prototypes are fixed); they are
+buffers (no gradient), as the paper's. ``prototypes="input"``: one set per modality, the
+K-means centres of the raw training embeddings passed through the projection, shared by
+all layers. Prototypes come from the training split only (``fit``; prediction never
+re-clusters). The gate of modality m reads the mean projection of the visible modalities
+other than m; the [cls] output feeds an MLP head. InfoNCE compares each row's mean (gated,
+first-layer) prompt of m with the stop-gradient projections of m of the batch rows that
+have m. The estimate of a hidden modality is its mean first-layer prompt;
+:meth:`Aoept.estimate_layers` gives every layer's (the benchmark's per-layer NM²I).
 
 What differs from the paper on global embeddings: there is no pretrained multimodal
-backbone to freeze, so the fusion transformer is trained with the prompts (small, from
-scratch); prototypes summarise one embedding per row rather than mean-pooled token
-sequences per layer, and are shared by all layers; "modality tokens" are single vectors.
-The default prompt length is 4 (the paper uses 6–16) to fit the CPU budget; an option.
+backbone to freeze, so the fusion transformer (2 layers, prompts in both; the paper
+prompts the first 4–6 of a 12-layer ViLT) is trained with the prompts (small, from
+scratch); "modality tokens" are single vectors, so a layer's prototypes summarise one
+token state per row rather than mean-pooled token sequences.
 
 ``backbone="prom3e"`` (the issue's option; also registered as method ``aoept-prom3e``): the
 prompted backbone is **ProM3E's trained encoder, frozen**, closer to the paper's frozen
@@ -34,7 +41,8 @@ other methods' budget), only the prompts (queries, MCP attention, gate) and the 
 (``project`` + ``modality_embed`` for the visible modalities, ``prefix``, ``blocks``) and adds
 each hidden modality's prompts as extra key/value tokens of every block (deep prompts:
 replaced by the next block's prompts); the head reads ``[μ, prefix outputs]``. Prototypes
-are K-means centres of the training split passed through the frozen projection.
+are K-means centres of the training split passed through the frozen projection (the
+``"input"`` mode; with ProM3E's one block this *is* the per-layer set).
 """
 
 from __future__ import annotations
@@ -46,10 +54,11 @@ from torch import Tensor, nn
 
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
-from prom3e.methods.base import FitConfig, ModalityLinear, ProxyMethod, classification_loss, mlp
+from prom3e.methods.base import FitConfig, ModalityLinear, ProxyMethod, ValidationSet, classification_loss, mlp
 
 
-def kmeans_prototypes(x: np.ndarray, present: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_prototypes(x: np.ndarray, present: np.ndarray, k: int, seed: int, init: str = "k-means++"
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Per-modality K-means centres of the present rows: (``[M, K, Dmax]``, ``ok bool[M, K]``)."""
     from sklearn.cluster import KMeans
 
@@ -65,9 +74,21 @@ def kmeans_prototypes(x: np.ndarray, present: np.ndarray, k: int, seed: int) -> 
         if kk == len(uniq):
             protos[j, :kk] = uniq
         else:
-            km = KMeans(n_clusters=kk, n_init=1, max_iter=50, random_state=seed).fit(rows)
+            km = KMeans(n_clusters=kk, n_init=1, max_iter=50, init=init, random_state=seed).fit(rows)
             protos[j, :kk] = km.cluster_centers_
         ok[j, :kk] = True
+    ok[~ok.any(1), 0] = True  # a modality without rows keeps one (zero) prototype: never an all-masked key set
+    return protos, ok
+
+
+def token_prototypes(states: Tensor, present: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
+    """K-means centres of token states ``[depth, N, M, E]`` per (layer, modality): ``[depth, M, K, E]``, ok mask."""
+    d, _, m, e = states.shape
+    protos = torch.zeros(d, m, k, e)
+    ok = torch.zeros(d, m, k, dtype=torch.bool)
+    for layer in range(d):
+        p, o = kmeans_prototypes(states[layer].numpy(), present.numpy(), k, seed, init="random")  # every epoch: cheap
+        protos[layer], ok[layer] = torch.from_numpy(p), torch.from_numpy(o)
     return protos, ok
 
 
@@ -79,6 +100,8 @@ class AoeptNet(nn.Module):
         self.m, self.heads, self.depth, self.prompt_len = m, heads, depth, prompt_len
         self.register_buffer("protos", torch.from_numpy(protos))  # [M, K, Dmax], training split only
         self.register_buffer("proto_ok", torch.from_numpy(proto_ok))
+        self.register_buffer("layer_protos", None)  # [depth, M, K, E] per-layer token prototypes, when set
+        self.register_buffer("layer_proto_ok", None)
         self.project = ModalityLinear(dims, e)
         self.norm = nn.LayerNorm(e)
         self.modality = nn.Parameter(torch.randn(m, e) * 0.02)
@@ -99,10 +122,12 @@ class AoeptNet(nn.Module):
 
     def prompts(self) -> Tensor:
         """Modal-contextualised prompts ``[depth, M, L, E]`` (instance-independent part)."""
-        kp = self.embed(self.protos.transpose(0, 1)).transpose(0, 1)  # [M, K, E] projected prototypes
         q = self.queries.flatten(0, 1)  # [depth·M, L, E]
-        kv = kp.repeat(self.depth, 1, 1)
-        pad = ~self.proto_ok.repeat(self.depth, 1)
+        if self.layer_protos is not None:  # per-layer token prototypes (buffers)
+            kv, pad = self.layer_protos.flatten(0, 1), ~self.layer_proto_ok.flatten(0, 1)
+        else:  # raw-space prototypes through the projection, shared by every layer
+            kp = self.embed(self.protos.transpose(0, 1)).transpose(0, 1)  # [M, K, E]
+            kv, pad = kp.repeat(self.depth, 1, 1), ~self.proto_ok.repeat(self.depth, 1)
         att, _ = self.mha(q, kv, kv, key_padding_mask=pad, need_weights=False)
         return self.mcp_norm(att + q).unflatten(0, (self.depth, self.m))
 
@@ -113,22 +138,42 @@ class AoeptNet(nn.Module):
         others = (total - h * w[..., None]) / (w.sum(1, keepdim=True) - w).clamp_min(1)[..., None]
         return torch.sigmoid(self.gate2(F.relu(self.gate1(others))))
 
-    def forward(self, x: Tensor, visible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(logits, real h [B, M, E], mean first-layer prompt per modality [B, M, E])."""
+    def gated_prompts(self, h: Tensor, visible: Tensor) -> Tensor:
+        """``[B, depth, M, L, E]``: every layer's prompts scaled by the instance gate."""
+        return self.prompts()[None] * self.gate(h, visible)[:, None, :, None, :]
+
+    def run(self, x: Tensor, visible: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(logits, real h, gated prompts, token states entering each layer ``[depth, B, M, E]``)."""
         b = x.shape[0]
         h = self.embed(x)
-        g = self.gate(h, visible)
-        prompts = self.prompts()[None] * g[:, None, :, None, :]  # [B, depth, M, L, E]
-        tok = h + self.modality
-        seq = torch.cat([self.cls.expand(b, -1, -1), tok], 1)
+        prompts = self.gated_prompts(h, visible)
+        seq = torch.cat([self.cls.expand(b, -1, -1), h + self.modality], 1)
         keep = torch.cat([visible.new_ones(b, 1), visible], 1)
         prompt_pad = visible.repeat_interleave(self.prompt_len, 1)  # prompts only for hidden modalities
-        n = seq.shape[1]
+        states = []
         for i, layer in enumerate(self.layers):
-            s = torch.cat([seq, prompts[:, i].flatten(1, 2)], 1)
-            out = layer(s, src_key_padding_mask=torch.cat([~keep, prompt_pad], 1))
-            seq = out[:, :n]
-        return self.head(seq[:, 0]), h, prompts[:, 0].mean(2)
+            states.append(seq[:, 1:])
+            seq = prompted_layer(layer, seq, prompts[:, i].flatten(1, 2), torch.cat([~keep, prompt_pad], 1))
+        return self.head(seq[:, 0]), h, prompts, torch.stack(states)
+
+    def forward(self, x: Tensor, visible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits, real h [B, M, E], mean first-layer prompt per modality [B, M, E])."""
+        logits, h, prompts, _ = self.run(x, visible)
+        return logits, h, prompts[:, 0].mean(2)
+
+
+def prompted_layer(layer: nn.TransformerEncoderLayer, seq: Tensor, prompts: Tensor, pad: Tensor) -> Tensor:
+    """One pre-LN encoder layer over ``[seq; prompts]``, computing only the ``seq`` outputs.
+
+    Deep prompts: a layer's prompt outputs are discarded (the next layer has its own), so
+    prompts serve only as keys/values — the same ``seq`` outputs as ``layer(cat(seq, prompts))``
+    at a fraction of the cost (the queries are the 1 + M tokens, not the M·L prompts too).
+    """
+    n = seq.shape[1]
+    kv = layer.norm1(torch.cat([seq, prompts], 1))
+    att = layer.self_attn(kv[:, :n], kv, kv, key_padding_mask=pad, need_weights=False)[0]
+    x = seq + layer.dropout1(att)
+    return x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
 
 
 def info_nce(pred: Tensor, target: Tensor, present: Tensor, tau: float) -> Tensor:
@@ -163,6 +208,7 @@ class PromptedProm3e(nn.Module):
         self.m, self.depth, self.prompt_len = m, len(model.blocks), prompt_len
         self.register_buffer("protos", torch.from_numpy(protos))  # [M, K, Dmax], training split only
         self.register_buffer("proto_ok", torch.from_numpy(proto_ok))
+        self.layer_protos = None  # the "input" prototypes (ProM3E's one block: the same set)
         self.queries = nn.Parameter(torch.randn(self.depth, m, prompt_len, e) * 0.02)
         self.mha = nn.MultiheadAttention(e, heads, batch_first=True)
         self.mcp_norm = nn.LayerNorm(e)
@@ -185,13 +231,13 @@ class PromptedProm3e(nn.Module):
 
     prompts = AoeptNet.prompts
     gate = AoeptNet.gate
+    gated_prompts = AoeptNet.gated_prompts
 
     def forward(self, x: Tensor, visible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(logits, real tokens h [B, M, E], mean first-layer prompt per modality [B, M, E])."""
         with torch.no_grad():
             h = self.embed(x)
-        g = self.gate(h, visible)
-        prompts = self.prompts()[None] * g[:, None, :, None, :]  # [B, depth, M, L, E]
+        prompts = self.gated_prompts(h, visible)  # [B, depth, M, L, E]
         ok = torch.cat([visible, (~visible).repeat_interleave(self.prompt_len, 1)], 1)
         prefix: Tensor = self.model.prefix
         seq = h
@@ -211,19 +257,27 @@ class PromptedProm3e(nn.Module):
 class Aoept(ProxyMethod):
     name = "aoept"
 
-    def __init__(self, cfg: FitConfig | None = None, n_prototypes: int = 128, prompt_len: int = 4, depth: int = 2,
+    def __init__(self, cfg: FitConfig | None = None, n_prototypes: int = 128, prompt_len: int = 16, depth: int = 2,
                  heads: int = 4, reduction: int = 16, nce_weight: float = 0.05, tau: float = 0.01,
-                 backbone: str = "fusion", pretrain_frac: float = 0.5):
+                 backbone: str = "fusion", pretrain_frac: float = 0.5, prototypes: str = "per-layer",
+                 proto_rows: int = 2048):
         super().__init__(cfg)
         if backbone not in ("fusion", "prom3e"):
             raise Prom3eError(f"backbone must be 'fusion' or 'prom3e', got {backbone!r}")
+        if prototypes not in ("per-layer", "input"):
+            raise Prom3eError(f"aoept prototypes must be 'per-layer' or 'input', got {prototypes!r}")
+        if prompt_len < 1 or n_prototypes < 1 or depth < 1 or proto_rows < 2:
+            raise Prom3eError("aoept: prompt_len, n_prototypes, depth must be ≥ 1 and proto_rows ≥ 2")
         self.n_prototypes, self.prompt_len, self.depth = n_prototypes, prompt_len, depth
         self.heads, self.reduction, self.nce_weight, self.tau = heads, reduction, nce_weight, tau
         self.backbone, self.pretrain_frac = backbone, pretrain_frac
+        self.prototypes = "input" if backbone == "prom3e" else prototypes
+        self.proto_rows = proto_rows
 
-    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None) -> Aoept:
+    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
+            val: ValidationSet | None = None) -> Aoept:
         if self.backbone == "fusion":
-            return super().fit(train, y, n_classes)
+            return super().fit(train, y, n_classes, val)
         import dataclasses
 
         from prom3e.methods.prom3e_method import Prom3eMethod, split_epochs
@@ -233,7 +287,7 @@ class Aoept(ProxyMethod):
         self.pretrained = Prom3eMethod(dataclasses.replace(full, epochs=pre), finetune=False)
         self.cfg = dataclasses.replace(full, epochs=rest)  # the shared loop trains prompts + head
         try:
-            super().fit(train, y, n_classes)
+            super().fit(train, y, n_classes, val)
         finally:
             self.cfg = full
         return self
@@ -246,15 +300,45 @@ class Aoept(ProxyMethod):
             e = model.cfg.embed_dim
             heads = self.heads if e % self.heads == 0 else 1
             return PromptedProm3e(model, self.n_classes, protos, ok, self.prompt_len, heads, self.reduction)
+        if self.prototypes == "per-layer":  # the rows whose token states are clustered every epoch
+            rows = np.random.default_rng(self.cfg.seed + 5).permutation(len(train))[:self.proto_rows]
+            self.proto_x = torch.from_numpy(train.padded(np.sort(rows)))
+            self.proto_present = torch.from_numpy(train.present[np.sort(rows)])
         heads = self.heads if self.cfg.width % self.heads == 0 else 1
         return AoeptNet(self.dims, self.cfg.width, self.n_classes, protos, ok, self.prompt_len, self.depth,
                         heads, self.reduction)
+
+    @torch.no_grad()
+    def on_epoch(self, epoch: int) -> None:
+        """Per-layer prototypes: K-means of the current token states entering each layer."""
+        if self.prototypes != "per-layer":
+            return
+        net: AoeptNet = self.net
+        net.eval()
+        states = torch.cat([net.run(self.proto_x[i:i + 1024].to(self.device),
+                                    self.proto_present[i:i + 1024].to(self.device))[3].cpu()
+                            for i in range(0, len(self.proto_x), 1024)], 1)  # [depth, N, M, E]
+        protos, ok = token_prototypes(states, self.proto_present, self.n_prototypes, self.cfg.seed + epoch)
+        net.layer_protos, net.layer_proto_ok = protos.to(self.device), ok.to(self.device)
 
     def loss(self, x, visible, present, y, rows):
         logits, h, p = self.net(x, visible)
         task = classification_loss(logits, y)
         nce = info_nce(p, h, present, self.tau)
         return task + self.nce_weight * nce, {"task": task.item(), "nce": nce.item()}
+
+    @torch.no_grad()
+    def estimate_layers(self, table: ModalTable, visible: np.ndarray | None, target: int,
+                        batch_size: int = 4096) -> list[np.ndarray]:
+        """The mean gated prompt of ``target`` at every prompted layer (layer 0 = :meth:`estimate`)."""
+        x, vis = self._inputs(table, visible)
+        self.net.eval()
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb, vb = x[i:i + batch_size].to(self.device), vis[i:i + batch_size].to(self.device)
+            out.append(self.net.gated_prompts(self.net.embed(xb), vb)[:, :, target].mean(2).cpu())
+        layers = torch.cat(out)  # [N, depth, E]
+        return [layers[:, d].numpy() for d in range(layers.shape[1])]
 
 
 class AoeptProm3e(Aoept):

@@ -7,7 +7,14 @@ plus a ``visible bool[N, M]`` mask saying which modalities a method may look at.
 - ``predict_proba(table, visible) → float32[N, C]``,
 - ``estimate(table, visible, target) → (estimate [N, k], real [N, k]) | None``: its
   representation of a (hidden) modality and the real modality in the same space, for the
-  reconstruction R@1 and NM²I metrics (``None``: the method has no such estimate).
+  reconstruction R@1 and NM²I metrics (``None``: the method has no such estimate);
+  ``estimate_space`` says which space: ``"raw"`` (the table's own embedding space, comparable
+  across methods) or ``"own"`` (the method's internal space: comparable only within it).
+
+A hidden modality's values are never read: :meth:`Method._inputs` zeroes every slot that is
+not visible before a method sees the batch (garbage or NaN there cannot change an output).
+``fit(..., val=ValidationSet)`` keeps the weights of the epoch with the best validation
+accuracy (every method the same way: the benchmark's best-epoch selection).
 
 :class:`TorchMethod` holds the one training loop (AdamW, seeded order and masks, training
 -time modality dropout shared by all methods so that the budget and augmentation are the
@@ -47,6 +54,15 @@ class FitConfig(Options):
     WHAT: ClassVar[str] = "fit option"
     BOUNDS: ClassVar[dict[str, str]] = {"epochs": ">= 1", "batch_size": ">= 2", "lr": "> 0", "weight_decay": ">= 0",
                                         "width": ">= 4", "drop_prob": "[0, 1)", "seed": ">= 0"}
+
+
+@dataclass
+class ValidationSet:
+    """Held-out training rows for best-epoch selection: the table, labels and visible mask."""
+
+    table: ModalTable
+    y: np.ndarray
+    visible: np.ndarray
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -90,6 +106,7 @@ class Method(abc.ABC):
     """A missing-modality classifier (see the module docstring for the contract)."""
 
     name: str = "?"
+    estimate_space: str = "own"  # "raw": estimates live in the table's embedding space
 
     def __init__(self, cfg: FitConfig | None = None):
         self.cfg = cfg or FitConfig()
@@ -128,11 +145,14 @@ class Method(abc.ABC):
             raise Prom3eError("visible mask marks a modality that the table lacks")
         if not vis.any(1).all():
             raise Prom3eError(f"{int((~vis.any(1)).sum())} row(s) have no visible modality")
-        return torch.from_numpy(table.padded()), torch.from_numpy(vis)
+        vis_t = torch.from_numpy(vis)
+        # hidden slots are zeroed here, once: no method can read a value it may not see
+        return torch.from_numpy(table.padded()).masked_fill(~vis_t[..., None], 0.0), vis_t
 
     # --- the interface -------------------------------------------------------------------
     @abc.abstractmethod
-    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None) -> Method: ...
+    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
+            val: ValidationSet | None = None) -> Method: ...
 
     @abc.abstractmethod
     def predict_proba(self, table: ModalTable, visible: np.ndarray | None = None) -> np.ndarray: ...
@@ -163,18 +183,24 @@ class TorchMethod(Method):
     def on_epoch(self, epoch: int) -> None:
         """Called before each epoch (e.g. to end a warm-up)."""
 
+    def selectable(self, epoch: int) -> bool:
+        """Whether the weights after ``epoch`` may be chosen as the best (False during a warm-up)."""
+        return True
+
     @property
     def device(self) -> torch.device:
         from prom3e.runtime import resolve_device
 
         return resolve_device(self.cfg.device)
 
-    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None) -> TorchMethod:
+    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
+            val: ValidationSet | None = None) -> TorchMethod:
         y = self._remember(train, y, n_classes)
         cfg, dev = self.cfg, self.device
         gen = seed_everything(cfg.seed)
         self.net = self.build(train, y).to(dev)
         x, present = torch.from_numpy(train.padded()), torch.from_numpy(train.present)
+        x = x.masked_fill(~present[..., None], 0.0)  # absent slots carry no value
         yt = torch.from_numpy(y)
         opt = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad],
                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -184,6 +210,7 @@ class TorchMethod(Method):
         sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 1 %
             opt, lambda s: (s + 1) / warm if s < warm else 0.01 + 0.495 * (1 + np.cos(np.pi * (s - warm) / total)))
         self.history: list[dict[str, float]] = []
+        self.best_epoch, best_acc, best_state = cfg.epochs, -1.0, None
         for epoch in range(cfg.epochs):
             self.on_epoch(epoch)
             self.net.train()
@@ -200,15 +227,25 @@ class TorchMethod(Method):
                     raise Prom3eError(f"{self.name}: training diverged at epoch {epoch + 1} (loss {loss.item()})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+                if not torch.isfinite(nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)):
+                    raise Prom3eError(f"{self.name}: non-finite gradient at epoch {epoch + 1}")
                 opt.step()
                 sched.step()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             self.history.append({k: v / steps for k, v in sums.items()})
+            if val is not None:
+                acc = float((self.predict_proba(val.table, val.visible).argmax(1) == val.y).mean())
+                self.history[-1]["val_acc"] = acc
+                if self.selectable(epoch) and acc > best_acc:  # first best epoch wins a tie
+                    self.best_epoch, best_acc = epoch + 1, acc
+                    best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
             if cfg.progress:
                 print(f"  {self.name} epoch {epoch + 1}/{cfg.epochs} " +
                       " ".join(f"{k} {v:.3f}" for k, v in self.history[-1].items()), flush=True)
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        self.best_val_acc = best_acc if val is not None else None
         self.net.eval()
         return self
 
@@ -230,13 +267,18 @@ class ProxyMethod(TorchMethod):
 
     @torch.no_grad()
     def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int, batch_size: int = 4096):
-        """The net's estimate of modality ``target`` and the real embedding in the same space."""
+        """The net's estimate of modality ``target`` and the real embedding in the same space.
+
+        The estimate reads only the visible modalities; the real embedding is the net's
+        projection of the table's present ``target`` values (zeros where absent).
+        """
         x, vis = self._inputs(table, visible)
+        x_real = self._inputs(table, table.present)[0]
         est, real = [], []
         for i in range(0, len(x), batch_size):
-            _, h, p = self.net(x[i:i + batch_size].to(self.device), vis[i:i + batch_size].to(self.device))
+            _, _, p = self.net(x[i:i + batch_size].to(self.device), vis[i:i + batch_size].to(self.device))
             est.append(p[:, target].cpu())
-            real.append(h[:, target].cpu())
+            real.append(self.net.embed(x_real[i:i + batch_size].to(self.device))[:, target].cpu())
         return torch.cat(est).numpy(), torch.cat(real).numpy()
 
 

@@ -5,8 +5,13 @@ proxy token is appended to an available modality's token sequence and the encode
 there approximates b's class token; loss = task + 0.2·align(proxy, stop-grad real b) where
 b is present; gated fusion → classifier.
 
-Here: each modality's "encoder" is a frozen random projection ``d_m → E`` with a trainable
-rank-``r`` LoRA residual (``x·W + x·A·B``, B initialised to zero). For every modality b a
+Here: each modality's "encoder" is a per-modality projection ``d_m → E`` (+ LayerNorm).
+The inputs are already the outputs of frozen pretrained encoders, so by default
+(``base="trainable"``) the projection is trained in full — a random *frozen* map adaptable
+only at LoRA rank 1 is no analogue of a frozen *pretrained* encoder (it capped CMPT's
+accuracy: issue 16). ``base="frozen"`` keeps the earlier variant: a frozen random projection
+with a trainable rank-``rank`` LoRA residual (``x·W + x·A·B``, B initialised to zero), for a
+table whose inputs would need a real frozen model. For every modality b a
 learnable proxy query attends (one multi-head attention layer + FFN, post-LN) over the
 projected embeddings of the *visible* modalities other than b (plus a learned null key, so
 a row with b as its only visible modality still gets a proxy). The alignment loss
@@ -18,9 +23,10 @@ softmax gate over modalities weights them; an MLP classifies the sum.
 What differs from the paper on global embeddings: the proxy cannot interact with the
 available modality's *token sequence* inside a deep encoder (there is one vector per
 modality), so it is a single cross-attention over pooled embeddings rather than a token
-refined through every encoder layer; LoRA adapts one projection rather than the attention
-weights of each layer; and one proxy query serves b whichever modality is available
-(the paper learns it per available-modality encoder).
+refined through every encoder layer; the per-modality projection is trained in full (no
+frozen encoder exists here; ``base="frozen"`` for LoRA on a frozen random map); and one
+proxy query serves b whichever modality is available (the paper learns it per
+available-modality encoder).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prom3e.data.table import ModalTable
-from prom3e.methods.base import FitConfig, ProxyMethod, classification_loss, mlp
+from prom3e.errors import Prom3eError
+from prom3e.methods.base import FitConfig, ModalityLinear, ProxyMethod, classification_loss, mlp
 
 
 class LoraProjection(nn.Module):
@@ -54,12 +61,25 @@ class LoraProjection(nn.Module):
         return self.norm(base + low + self.bias)
 
 
+class TrainableProjection(nn.Module):
+    """A fully trainable per-modality projection ``d_m → E`` + LayerNorm."""
+
+    def __init__(self, dims: list[int], out: int):
+        super().__init__()
+        self.linear = ModalityLinear(dims, out)
+        self.norm = nn.LayerNorm(out)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, M, Dmax] → [B, M, E]
+        return self.norm(self.linear(x))
+
+
 class CmptNet(nn.Module):
-    def __init__(self, dims: list[int], width: int, n_classes: int, rank: int, heads: int, seed: int):
+    def __init__(self, dims: list[int], width: int, n_classes: int, rank: int, heads: int, seed: int,
+                 base: str = "trainable"):
         super().__init__()
         m, e = len(dims), width
         self.heads = heads
-        self.project = LoraProjection(dims, e, rank, seed)
+        self.project = TrainableProjection(dims, e) if base == "trainable" else LoraProjection(dims, e, rank, seed)
         self.modality = nn.Parameter(torch.randn(m, e) * 0.02)
         self.proxy = nn.Parameter(torch.randn(m, e) * 0.02)  # one learnable proxy query per modality
         self.null = nn.Parameter(torch.zeros(1, e))  # always-visible key
@@ -85,12 +105,16 @@ class CmptNet(nn.Module):
         p = self.ln1(self.proxy + self.o(att.transpose(1, 2).flatten(2)))
         return self.ln2(p + self.ffn(p))
 
+    def fuse(self, h: Tensor, p: Tensor, visible: Tensor) -> tuple[Tensor, Tensor]:
+        """Each modality's vector (real where visible, its proxy where hidden) and the gate ``[B, M]``."""
+        v = torch.where(visible[..., None], h, p)
+        return v, F.softmax(self.gate(v).squeeze(-1), 1)  # gated fusion over modalities
+
     def forward(self, x: Tensor, visible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(logits, real h, proxies)."""
         h = self.embed(x)
         p = self.proxies(h, visible)
-        v = torch.where(visible[..., None], h, p)
-        g = F.softmax(self.gate(v).squeeze(-1), 1)  # gated fusion over modalities
+        v, g = self.fuse(h, p, visible)
         return self.head((g[..., None] * v).sum(1)), h, p
 
 
@@ -105,13 +129,16 @@ def alignment_loss(h: Tensor, proxies: Tensor, present: Tensor) -> Tensor:
 class Cmpt(ProxyMethod):
     name = "cmpt"
 
-    def __init__(self, cfg: FitConfig | None = None, rank: int = 1, heads: int = 4, align_weight: float = 0.2):
+    def __init__(self, cfg: FitConfig | None = None, rank: int = 1, heads: int = 4, align_weight: float = 0.2,
+                 base: str = "trainable"):
         super().__init__(cfg)
-        self.rank, self.heads, self.align_weight = rank, heads, align_weight
+        if base not in ("trainable", "frozen"):
+            raise Prom3eError(f"cmpt base must be 'trainable' or 'frozen', got {base!r}")
+        self.rank, self.heads, self.align_weight, self.base = rank, heads, align_weight, base
 
     def build(self, train: ModalTable, y: np.ndarray) -> nn.Module:
         heads = self.heads if self.cfg.width % self.heads == 0 else 1
-        return CmptNet(self.dims, self.cfg.width, self.n_classes, self.rank, heads, self.cfg.seed)
+        return CmptNet(self.dims, self.cfg.width, self.n_classes, self.rank, heads, self.cfg.seed, self.base)
 
     def loss(self, x, visible, present, y, rows):
         logits, h, p = self.net(x, visible)

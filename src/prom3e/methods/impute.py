@@ -5,7 +5,11 @@
 - ``knn-impute``: the mean of the k nearest *training* rows that have the modality, by the
   average squared distance over the query's visible modalities (a candidate lacking one
   of them pays that modality's expected squared distance between two random rows).
-  Training rows never count as their own neighbour.
+  Training rows never count as their own neighbour. The masked distance is one inner
+  product of augmented vectors (query ``[−2·q_m, ‖q_m‖², 1]`` over its visible m, pool row
+  ``[x_m, has_m, has_m·‖x_m‖² + (1 − has_m)·penalty_m]``), so the search is an exact
+  top-k over a matrix product, chunked over queries and pool (:func:`prom3e.index.exact_topk`):
+  memory stays bounded at any size.
 
 The classifier input is ``[x_1, …, x_M, visible]`` (filled features + the mask). The
 training views (the shared modality dropout) are drawn once per row (``n_views`` of them)
@@ -73,10 +77,11 @@ class ImputeMethod(TorchMethod):
 
     @torch.no_grad()
     def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int):
+        """The filled ``target`` (from the visible modalities) and the table's real ``target``."""
         x, vis = self._inputs(table, visible)
         filled = self._fill_chunked(x, vis)
         d = self.dims[target]
-        return filled[:, target, :d].numpy(), x[:, target, :d].numpy()
+        return filled[:, target, :d].numpy(), table.features[target][:, :d]
 
 
 class ZeroFill(ImputeMethod):
@@ -96,6 +101,7 @@ class ZeroFill(ImputeMethod):
 
 class MeanImpute(ImputeMethod):
     name = "mean-impute"
+    estimate_space = "raw"
 
     def _fit_pool(self, x: Tensor, present: Tensor) -> None:
         counts = present.sum(0).clamp_min(1).float()
@@ -108,6 +114,7 @@ class MeanImpute(ImputeMethod):
 
 class KnnImpute(ImputeMethod):
     name = "knn-impute"
+    estimate_space = "raw"
 
     def __init__(self, cfg: FitConfig | None = None, k: int = 10):
         super().__init__(cfg)
@@ -115,30 +122,44 @@ class KnnImpute(ImputeMethod):
 
     def _fit_pool(self, x: Tensor, present: Tensor) -> None:
         self.pool_x, self.pool_present = x, present
-        self.pool_sq = (x**2).sum(-1)  # [Np, M]
         counts = present.sum(0).clamp_min(1).float()
         mean = (x * present[..., None]).sum(0) / counts[:, None]
         var = ((x - mean) ** 2 * present[..., None]).sum((0, 2)) / counts
         self.penalty = 2 * var  # expected squared distance of two random rows, per modality [M]
+        sq = (x**2).sum(-1)  # [Np, M]
+        has = present.float()
+        self.pool_aug = torch.cat([x.flatten(1), has, has * sq + (1 - has) * self.penalty], 1)  # [Np, M·D + 2M]
 
-    def fill(self, x: Tensor, visible: Tensor, exclude: Tensor | None = None) -> Tensor:
+    @torch.no_grad()
+    def _fill_chunked(self, x: Tensor, visible: Tensor, exclude: Tensor | None = None, chunk: int = 2048) -> Tensor:
+        return self.fill(x, visible, exclude, chunk)  # the search chunks itself (one gallery per target)
+
+    @torch.no_grad()
+    def fill(self, x: Tensor, visible: Tensor, exclude: Tensor | None = None, chunk: int = 2048) -> Tensor:
         """``exclude [B]``: each query's own pool row (training), never its neighbour."""
-        px, pp = self.pool_x.to(x.device), self.pool_present.to(x.device)
-        # squared distances per modality [B, Np, M] via ‖a‖² + ‖b‖² − 2ab, one einsum
-        d2 = (x**2).sum(-1)[:, None, :] + self.pool_sq.to(x.device)[None] - 2 * torch.einsum("bmd,nmd->bnm", x, px)
-        d2 = torch.where(pp[None], d2.clamp_min(0), self.penalty.to(x.device))
-        w = visible.float()
-        dist = (d2 * w[:, None, :]).sum(-1) / w.sum(-1, keepdim=True)  # [B, Np]
-        if exclude is not None:
-            dist[torch.arange(len(x)), exclude.to(x.device)] = float("inf")
-        out = x * visible[..., None]
-        for t in range(len(self.dims)):  # one top-k per modality (not per sample)
-            need = ~visible[:, t]
-            if not need.any() or not pp[:, t].any():
-                continue
-            k = min(self.k, int(pp[:, t].sum()))
-            cand = dist[need].masked_fill(~pp[None, :, t], float("inf"))
-            idx = cand.topk(k, largest=False).indices  # [b, k]
-            out[need, t] = px[idx, t].mean(1)
-        return out
+        from prom3e.index import exact_topk
 
+        w = visible.float()
+        x = x * visible[..., None]
+        query = torch.cat([2 * x.flatten(1), -w * (x**2).sum(-1), -w], 1)  # ⟨query, pool_aug⟩ = −|S|·distance
+        pp = self.pool_present
+        out = x.clone()
+        for t in range(len(self.dims)):  # one exact top-k search per target modality
+            need = (~visible[:, t]).nonzero().squeeze(1)
+            cand = pp[:, t].nonzero().squeeze(1)
+            if not len(need) or not len(cand):
+                continue
+            k = min(self.k, len(cand))
+            extra = 1 if exclude is not None and len(cand) > k else 0  # room to drop the row itself
+            gallery = self.pool_aug[cand]
+            for i in range(0, len(need), chunk):
+                rows = need[i:i + chunk]
+                _, idx = exact_topk(query[rows], gallery, k + extra, chunk=16384)
+                idx = cand[idx]  # pool row ids [b, k + extra]
+                if extra:
+                    own = idx == exclude[rows, None].to(idx.device)
+                    drop = torch.where(own.any(1), own.float().argmax(1), torch.full_like(rows, k))
+                    keep = torch.ones_like(idx, dtype=torch.bool).scatter(1, drop[:, None], False)
+                    idx = idx[keep].view(len(rows), k)
+                out[rows, t] = self.pool_x[idx, t].mean(1)
+        return out

@@ -19,9 +19,14 @@ Here, faithfully on that design, with these choices:
   combined with the sparse top-k weights — the same output as sparse dispatch;
 - ``mode="weighted_mean"`` reproduces the released code, which overwrites the MoE output
   with ``0.5·mean(intra) + 0.5·mean(inter)``;
-- defaults are smaller than the paper's (P = 4, D = 32 rather than 16 × 128) to fit the
-  shared CPU budget (the retrieval attention and experts run once per missing (row,
-  modality) pair); both are constructor options.
+- P = 16 pseudo-tokens (the released code's number) of width D = the shared width
+  (``FitConfig.width``, as every other method; the released code's 128 is a grid point);
+  ``tokens`` and ``token_dim`` are constructor options;
+- predictions are deterministic: each ``predict_proba`` / ``estimate`` call draws its
+  supporting groups from a generator re-seeded at the start of the call (training draws
+  come from their own seeded stream);
+- with a validation set, best-epoch selection only considers epochs after the warm-up (a
+  warm-up epoch's weights never learned to use the retriever).
 
 What differs from the paper on global embeddings: the pseudo-tokens are slices of one
 vector rather than encoder token sequences, so "token-level" retrieval is retrieval of
@@ -183,12 +188,16 @@ class MoeNet(nn.Module):
 class MoeRetriever(TorchMethod):
     name = "moe-retriever"
 
-    def __init__(self, cfg: FitConfig | None = None, tokens: int = 4, token_dim: int = 32, heads: int = 4,
+    def __init__(self, cfg: FitConfig | None = None, tokens: int = 16, token_dim: int | None = None, heads: int = 4,
                  n_experts: int = 8, n_shared: int = 4, top_k: int = 4, balance_weight: float = 1e-2,
                  warmup_frac: float = 0.25, mode: str = "moe"):
         super().__init__(cfg)
         if mode not in ("moe", "weighted_mean"):
             raise Prom3eError(f"moe-retriever mode must be 'moe' or 'weighted_mean', got '{mode}'")
+        token_dim = self.cfg.width if token_dim is None else token_dim
+        if tokens < 1 or token_dim < 1 or token_dim % heads:
+            raise Prom3eError(f"moe-retriever: tokens ≥ 1 and token_dim divisible by heads ({heads}), got "
+                              f"{tokens} × {token_dim}")
         self.p, self.d, self.heads, self.n_experts, self.n_shared = tokens, token_dim, heads, n_experts, n_shared
         self.top_k, self.balance_weight, self.warmup_frac, self.mode = top_k, balance_weight, warmup_frac, mode
         self.retrieving = True
@@ -204,8 +213,23 @@ class MoeRetriever(TorchMethod):
         return MoeNet(self.dims, self.n_classes, self.p, self.d, self.heads, self.n_experts, self.n_shared,
                       self.top_k, self.mode)
 
+    @property
+    def warmup_epochs(self) -> int:
+        return min(round(self.warmup_frac * self.cfg.epochs), self.cfg.epochs - 1)
+
     def on_epoch(self, epoch: int) -> None:
-        self.retrieving = epoch >= round(self.warmup_frac * self.cfg.epochs)
+        self.retrieving = epoch >= self.warmup_epochs
+
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= self.warmup_epochs
+
+    def _eval_generator(self) -> None:
+        """Re-seed the prediction-time draws: the same call gives the same supporting groups."""
+        self.eval_gen = torch.Generator().manual_seed(self.cfg.seed + 303)
+
+    def predict_proba(self, table: ModalTable, visible: np.ndarray | None = None, batch_size: int = 2048):
+        self._eval_generator()
+        return super().predict_proba(table, visible, batch_size)
 
     def _forward(self, x: Tensor, visible: Tensor, rows: Tensor | None, targets: Tensor | None = None
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -225,10 +249,11 @@ class MoeRetriever(TorchMethod):
             need = bits | (1 << q_mod)
             pool_bits = self.pool_bits.to(dev)
             exclude = rows[q_rows] if rows is not None else None
-            idx, ok = sample_support(pool_bits, need, g, self.gen, exclude)
+            gen = self.gen if self.net.training else self.eval_gen
+            idx, ok = sample_support(pool_bits, need, g, gen, exclude)
             none = ~ok.any(1)  # no row has all of O: fall back to rows that have t
             if none.any():
-                idx2, ok2 = sample_support(pool_bits, (1 << q_mod[none]), g, self.gen,
+                idx2, ok2 = sample_support(pool_bits, (1 << q_mod[none]), g, gen,
                                            exclude[none] if exclude is not None else None)
                 idx[none], ok[none] = idx2, ok2
             ok &= torch.arange(g, device=dev) < visible.sum(1)[q_rows, None]  # |O| supporting samples
@@ -254,6 +279,9 @@ class MoeRetriever(TorchMethod):
     @torch.no_grad()
     def estimate(self, table: ModalTable, visible: np.ndarray | None, target: int):
         x, vis = self._inputs(table, visible)
+        x_real = self._inputs(table, table.present)[0]
+        self._eval_generator()
+        self.net.eval()
         est, real = [], []
         for i in range(0, len(x), 2048):
             xb, vb = x[i:i + 2048].to(self.device), vis[i:i + 2048].to(self.device)
@@ -261,5 +289,5 @@ class MoeRetriever(TorchMethod):
             want[:, target] = True
             _, _, tok, _ = self._forward(xb, vb & ~want, None, want)
             est.append(tok[:, target].mean(1).cpu())
-            real.append(self.net.tokens(xb)[:, target].mean(1).cpu())
+            real.append(self.net.tokens(x_real[i:i + 2048].to(self.device))[:, target].mean(1).cpu())
         return torch.cat(est).numpy(), torch.cat(real).numpy()

@@ -1,10 +1,13 @@
 """ProM3E in the benchmark: the fusion model, then a classifier on its hidden state.
 
-1. **Pre-training.** The fusion model is trained with :func:`prom3e.train.loop.train` on
+1. **Pre-training.** The fusion model — the library's named config (``model``, default
+   ``base``) and :class:`~prom3e.train.loop.TrainConfig` defaults, only its width set to the
+   benchmark's (:func:`width_overrides`) — is trained with :func:`prom3e.train.loop.train` on
    the training split (its own masked-reconstruction objective, its own 10 % validation
-   rows for choosing the best epoch; same batch size and width as every other method;
-   the benchmark's labels are passed as the label column so same-class rows are not
-   contrastive negatives).
+   rows for choosing the best epoch; the same batch size, width, learning rate and weight
+   decay as every other method — the benchmark's tuning grid applies to it as to the
+   peers; the benchmark's labels are passed as the label column so same-class rows are
+   not contrastive negatives).
 2. **Fine-tuning** (default, ``finetune=True``). Encoder + MLP head (on ``[μ, hidden
    tokens]``: the [mu], [logvar] and register outputs, flattened) are trained jointly with
    the shared loop on ``task + λ·L_ProM3E``: the task loss reads the shared modality-dropout
@@ -41,13 +44,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prom3e.data.table import ModalTable
-from prom3e.methods.base import FitConfig, TorchMethod, classification_loss, drop_modalities, mlp
+from prom3e.methods.base import (
+    FitConfig,
+    TorchMethod,
+    ValidationSet,
+    classification_loss,
+    drop_modalities,
+    mlp,
+)
 
 
 def split_epochs(epochs: int, pretrain_frac: float) -> tuple[int, int]:
     """(pre-training, fine-tuning) epochs out of one budget; both ≥ 1."""
     pre = min(max(1, round(pretrain_frac * epochs)), max(1, epochs - 1))
     return pre, max(1, epochs - pre)
+
+
+def width_overrides(model: str, width: int) -> dict:
+    """The only departures from the library's named config ``model``: the benchmark's shared
+    width (the tuning grid's axis) as ``embed_dim``, ``mlp_dim`` at the config's own ratio
+    to it, and 4 heads (1 when 4 does not divide the width). Everything else — depth,
+    registers, posterior head, objective, KL, clip — is the library's default, so a changed
+    default reaches the benchmark without a code change here."""
+    from prom3e.models.prom3e import CONFIGS, Prom3eConfig
+
+    base = {**{f: getattr(Prom3eConfig(), f) for f in ("embed_dim", "mlp_dim")}, **CONFIGS[model]}
+    ratio = base["mlp_dim"] / base["embed_dim"]
+    return {"embed_dim": width, "heads": 4 if width % 4 == 0 else 1, "mlp_dim": max(1, round(ratio * width))}
 
 
 def hidden_features(encoder: nn.Module, x: Tensor, visible: Tensor) -> Tensor:
@@ -71,20 +94,25 @@ class FineTuneNet(nn.Module):
 class Prom3eMethod(TorchMethod):
     name = "prom3e"
     n_views = 4
+    estimate_space = "raw"
 
-    def __init__(self, cfg: FitConfig | None = None, model: str = "base", visible_probs: tuple[float, ...] = (0.9, 0.1),
-                 run_dir: str | None = None, finetune: bool = True, pretrain_frac: float = 0.5,
+    def __init__(self, cfg: FitConfig | None = None, model: str = "base",
+                 visible_probs: tuple[float, ...] | None = None, run_dir: str | None = None,
+                 finetune: bool = True, pretrain_frac: float = 0.5,
                  aux_weight: float = 1.0, **model_overrides):
+        from prom3e.train.loop import TrainConfig
+
         super().__init__(cfg)
+        self.defaults = TrainConfig()  # the library's training defaults, whatever they are
+        if visible_probs is None:
+            visible_probs = self.defaults.visible_probs
         self.model_name, self.visible_probs, self.run_dir = model, tuple(visible_probs), run_dir
         self.finetune, self.aux_weight = bool(finetune), float(aux_weight)
         if self.finetune:
             self.pretrain_epochs, self.finetune_epochs = split_epochs(self.cfg.epochs, pretrain_frac)
         else:
             self.pretrain_epochs, self.finetune_epochs = self.cfg.epochs, self.cfg.epochs
-        w = self.cfg.width
-        self.overrides = {"embed_dim": w, "heads": 4 if w % 4 == 0 else 1, "mlp_dim": 2 * w, "registers": 4,
-                          **model_overrides}
+        self.overrides = {**width_overrides(model, self.cfg.width), **model_overrides}
 
     def _train_fusion(self, train: ModalTable, y: np.ndarray) -> None:
         from prom3e.api import Fuser
@@ -93,7 +121,8 @@ class Prom3eMethod(TorchMethod):
 
         cfg = self.cfg
         tcfg = TrainConfig(model=self.model_name, model_overrides=self.overrides, epochs=self.pretrain_epochs,
-                           batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, precision="fp32",
+                           batch_size=cfg.batch_size, lr=cfg.lr, min_lr=0.01 * cfg.lr, weight_decay=cfg.weight_decay,
+                           seed=cfg.seed, device=cfg.device, precision="fp32",
                            visible_probs=self.visible_probs, label_column="__benchmark_label__")
         labelled = ModalTable(train.modalities, train.features, train.present,
                               {"__benchmark_label__": y}, train.source)
@@ -106,11 +135,12 @@ class Prom3eMethod(TorchMethod):
         for p in self.encoder.parameters():
             p.requires_grad_(False)  # frozen; fine-tuning (build) unfreezes it
 
-    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None) -> Prom3eMethod:
+    def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
+            val: ValidationSet | None = None) -> Prom3eMethod:
         full = self.cfg
         self.cfg = dataclasses.replace(full, epochs=self.finetune_epochs)  # the shared loop runs phase 2
         try:
-            super().fit(train, y, n_classes)
+            super().fit(train, y, n_classes, val)
         finally:
             self.cfg = full
         self.encoder.eval()
@@ -152,7 +182,8 @@ class Prom3eMethod(TorchMethod):
         targets = training_targets(present, vis)
         if not targets.any():  # every row has a single modality: nothing to reconstruct
             return task, {"task": task.item()}
-        aux, _ = self.net.encoder(x, vis, targets, y)
+        d = self.defaults
+        aux, _ = self.net.encoder(x, vis, targets, y, kl_weight=d.kl_weight, noise=d.noise, dedup=d.dedup)
         return task + self.aux_weight * aux, {"task": task.item(), "aux": aux.item()}
 
     def logits(self, x: Tensor, visible: Tensor) -> Tensor:

@@ -149,6 +149,9 @@ def contrastive_reconstruction(
     logits = distance_logits(pred, keys, alpha, beta, drop)
     target = torch.arange(c, device=pred.device).expand(u, c).masked_fill(~valid, -100)  # -100: ignored
     flat, target = logits.reshape(u * c, k), target.reshape(-1)
+    # an ignored row may have every column masked (−inf): its log-softmax is NaN and, although
+    # ignored in the loss, its gradient (NaN·0) would poison every weight — give it finite logits
+    flat = flat.masked_fill((target < 0)[:, None], 0.0)
     if remote is None:
         loss = F.cross_entropy(flat, target, ignore_index=-100)
     else:

@@ -1,0 +1,50 @@
+"""Cost of a benchmark phase: wall time (``time.perf_counter``) and peak resident-set increase."""
+
+from __future__ import annotations
+
+import threading
+
+
+class PeakMemory:
+    """Peak resident-set increase (MiB) over a ``with`` block, sampled every 5 ms."""
+
+    def __init__(self):
+        import os
+
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak_mib = 0.0
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * self.page
+        except OSError:  # not Linux: ru_maxrss only grows, so the increase is a lower bound
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.start = self._rss()
+        self.top = self.start
+        self.stop = threading.Event()
+
+        def watch() -> None:
+            while not self.stop.wait(0.005):
+                self.top = max(self.top, self._rss())
+
+        self.thread = threading.Thread(target=watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        self.stop.set()
+        self.thread.join()
+        self.top = max(self.top, self._rss())
+        self.peak_mib = (self.top - self.start) / 2**20
+        self.cuda_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
