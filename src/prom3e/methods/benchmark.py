@@ -31,14 +31,13 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from prom3e import metrics
 from prom3e.config import Options
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
 from prom3e.methods import METHODS
 from prom3e.methods.base import FitConfig
 from prom3e.methods.protocols import eta_mask, hide  # noqa: F401  (re-exported: the benchmark's protocol)
-from prom3e.methods.scoring import nm2i  # noqa: F401  (re-exported)
+from prom3e.methods.scoring import classification_metrics, nm2i, recall_at_1  # noqa: F401  (re-exported)
 from prom3e.methods.tuning import Grid
 
 
@@ -79,29 +78,6 @@ class BenchConfig(Options):
 
 
 # --- metrics ---------------------------------------------------------------------------------
-def classification_metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
-    """Accuracy, macro-F1 and one-vs-rest AUROC (:mod:`prom3e.metrics`: a tied or NaN row is a miss)."""
-    if len(y) == 0:
-        return {"n": 0, "acc": None, "macro_f1": None, "auroc": None}
-    pred = metrics.predict(proba)
-    return {"n": len(y), "acc": metrics.accuracy(y, pred), "macro_f1": metrics.macro_f1(y, pred),
-            "auroc": metrics.auroc(proba, y)}
-
-
-def recall_at_1(est: np.ndarray, real: np.ndarray, queries: np.ndarray) -> float:
-    """R@1 of each query row's estimate among the gallery rows' real embeddings (cosine).
-
-    Identical real embeddings are one gallery item; ranks, ties and NaN follow
-    :mod:`prom3e.metrics` (chunked: no queries × gallery matrix).
-    """
-    if len(queries) == 0:
-        return float("nan")
-    gallery, inv = metrics.dedup_gallery(real)
-    ranks = metrics.retrieval_ranks(metrics.l2n(np.asarray(est, np.float32)[queries]), gallery,
-                                    inv[np.asarray(queries)])
-    return float(metrics.recall_at_k(ranks, 1))
-
-
 # --- one seed ----------------------------------------------------------------------------------
 @dataclass
 class SeedData:

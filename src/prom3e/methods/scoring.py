@@ -20,11 +20,35 @@ import time
 
 import numpy as np
 
+from prom3e import metrics
 from prom3e.data.table import ModalTable
 from prom3e.methods.base import Method
 from prom3e.methods.cost import PeakMemory
 
 NM2I_CLUSTERS = 16
+
+
+def classification_metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
+    """Accuracy, macro-F1 and one-vs-rest AUROC (:mod:`prom3e.metrics`: a tied or NaN row is a miss)."""
+    if len(y) == 0:
+        return {"n": 0, "acc": None, "macro_f1": None, "auroc": None}
+    pred = metrics.predict(proba)
+    return {"n": len(y), "acc": metrics.accuracy(y, pred), "macro_f1": metrics.macro_f1(y, pred),
+            "auroc": metrics.auroc(proba, y)}
+
+
+def recall_at_1(est: np.ndarray, real: np.ndarray, queries: np.ndarray) -> float:
+    """R@1 of each query row's estimate among the gallery rows' real embeddings (cosine).
+
+    Identical real embeddings are one gallery item; ranks, ties and NaN follow
+    :mod:`prom3e.metrics` (chunked: no queries × gallery matrix).
+    """
+    if len(queries) == 0:
+        return float("nan")
+    gallery, inv = metrics.dedup_gallery(real)
+    ranks = metrics.retrieval_ranks(metrics.l2n(np.asarray(est, np.float32)[queries]), gallery,
+                                    inv[np.asarray(queries)])
+    return float(metrics.recall_at_k(ranks, 1))
 
 
 def nm2i(est: np.ndarray, true: np.ndarray, train_true: np.ndarray, seed: int) -> float:
@@ -53,7 +77,6 @@ def model_for(models: dict[str, Method], data, proto: str) -> Method | None:
 
 def score(models: dict[str, Method], data, seed: int) -> dict:
     """Every protocol's metrics for one method on one seed (``data``: ``SeedData``)."""
-    from prom3e.methods.benchmark import classification_metrics
 
     t = data.table
     test_t, train_t = t.take(data.split.test), t.take(data.split.train)
@@ -96,7 +119,6 @@ def score(models: dict[str, Method], data, seed: int) -> dict:
 
 def reconstruction(method: Method, test_t: ModalTable, train_t: ModalTable, vis: np.ndarray, seed: int) -> dict:
     """Per target modality: R@1 and NM²I (per layer for prompt methods) of the estimate under ``vis``."""
-    from prom3e.methods.benchmark import recall_at_1
 
     per: dict = {}
     for tgt, name in enumerate(test_t.modalities):
@@ -128,7 +150,6 @@ def reconstruction(method: Method, test_t: ModalTable, train_t: ModalTable, vis:
 
 def zero_shot(models: dict[str, Method], data, test_t: ModalTable, train_t: ModalTable) -> dict:
     """Accuracy of the reconstructed class modality vs class prototypes, with it hidden."""
-    from prom3e.methods.benchmark import classification_metrics
 
     c = data.class_mod
     ytr = data.y[data.split.train]
