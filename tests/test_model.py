@@ -128,19 +128,44 @@ def test_sample_visible_respects_presence_and_counts():
     assert (training_targets(present, vis, reconstruct_all=True) == present).all()
 
 
+OBJECTIVES = [{}, {"recon_loss": "mc_infonce", "n_draws": 3}, {"recon_loss": "csd_bce", "n_draws": 2},
+              {"kl_reduction": "sum", "free_bits": 0.05}]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=["default", "mc_infonce", "csd_bce", "kl_sum_fb"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_every_named_config_runs_forward_backward(name):
+def test_every_named_config_runs_forward_backward(name, objective, tmp_path):
+    from prom3e.train import checkpoint as ckpt
+
     dims = [512] * 4 if name in ("paper", "large") else [16, 8, 16, 4]
-    model = Prom3e(named_config(name, MODS, dims)).train()
+    torch.manual_seed(0)
+    model = Prom3e(named_config(name, MODS, dims, **objective)).train()
     x, present = batch(b=6, dims=dims)
     vis = sample_visible(present)
-    loss, stats = model(x, vis, training_targets(present, vis, reconstruct_all=True))
+    loss, stats = model(x, vis, training_targets(present, vis, reconstruct_all=True),
+                        labels=torch.tensor([0, 0, 1, 2, -1, 1]))
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in stats.values())
+    assert 0 <= float(stats["logvar_clip_share"]) <= 1
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     if name in ("paper", "large"):
         assert 15e6 < model.n_params() < 30e6
+    # save → load: the same posterior
+    ckpt.save_tensors(tmp_path / "m.safetensors", model.state_dict())
+    again = Prom3e(named_config(name, MODS, dims, **objective)).eval()
+    ckpt.load_state_into(again, tmp_path / "m.safetensors")
+    model.eval()
+    with torch.no_grad():
+        a, b = model.encode(x, present), again.encode(x, present)
+    torch.testing.assert_close(a.mu, b.mu)
+    torch.testing.assert_close(a.logvar, b.logvar)
+
+
+def test_objective_options_are_checked():
+    for bad in ({"recon_loss": "mse"}, {"kl_reduction": "max"}, {"n_draws": 0}, {"free_bits": -1.0}):
+        with pytest.raises(ValueError):
+            Prom3e(named_config("tiny", MODS, [16] * 4, **bad))
 
 
 def test_paper_config_matches_reference_size():

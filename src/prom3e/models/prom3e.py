@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from prom3e.models.grouped import ModalityMLP, group_pairs
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
+from prom3e.models.objectives import clip_share, csd_bce, kl_terms, mc_infonce
 
 N_SPECIAL = 2  # [mu], [logvar]
 
@@ -44,12 +45,19 @@ class Prom3eConfig:
     # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar].
     posterior_head: str = "linear"
     init_logvar: float = -4.0
+    # The training objective (models/objectives.py). recon_loss: "infonce" (the reference: one
+    # draw, softmax over the batch), "mc_infonce" (−log of the mean probability over n_draws
+    # draws) or "csd_bce" (PCME++'s sigmoid loss on the sampled distance over n_draws draws).
+    recon_loss: str = "infonce"
+    n_draws: int = 1  # posterior draws per row and step
+    kl_reduction: str = "mean"  # KL over dims: "mean" (the reference) or "sum" (the VAE's)
+    free_bits: float = 0.0  # per-dimension KL floor (nats), 0 = off
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# Named configs: architecture only; modalities and dims come from the data.
+# Named configs: architecture and objective; modalities and dims come from the data.
 CONFIGS: dict[str, dict] = {
     "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2),
     "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4),
@@ -166,6 +174,12 @@ class Prom3e(nn.Module):
         self.beta = nn.Parameter(torch.full((m,), 5.0))
         if cfg.posterior_head not in ("none", "affine", "linear"):
             raise ValueError(f"posterior_head must be none, affine or linear, not {cfg.posterior_head!r}")
+        if cfg.recon_loss not in ("infonce", "mc_infonce", "csd_bce"):
+            raise ValueError(f"recon_loss must be infonce, mc_infonce or csd_bce, not {cfg.recon_loss!r}")
+        if cfg.kl_reduction not in ("mean", "sum"):
+            raise ValueError(f"kl_reduction must be mean or sum, not {cfg.kl_reduction!r}")
+        if cfg.n_draws < 1 or cfg.free_bits < 0:
+            raise ValueError("n_draws must be ≥ 1 and free_bits ≥ 0")
         if cfg.posterior_head == "affine":
             self.logvar_scale = nn.Parameter(torch.full((e,), 0.1))
             self.logvar_shift = nn.Parameter(torch.full((e,), cfg.init_logvar))
@@ -283,17 +297,32 @@ class Prom3e(nn.Module):
         (optional, −1 = none): rows with the same label are not each other's negatives.
         """
         post = self.encode(x, visible)
-        z = self.sample(post, 1, noise=noise)[0]
+        cfg = self.cfg
         g = group_pairs(targets)
         b, m = x.shape[:2]
         pick = g.rows[g.index]  # [U, C] row of each buffer position (padding: a copy, masked by valid)
-        pred = F.normalize(self.decode_mlp(z[pick], g.used).float(), dim=-1)
         true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
         lab = labels[pick] if labels is not None else None
-        recon, acc = contrastive_reconstruction(
-            pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup
-        )
-        kl = kl_divergence(post.mu, post.logvar)
+        if cfg.recon_loss == "infonce" and cfg.n_draws == 1:  # the reference objective
+            z = self.sample(post, 1, noise=noise)[0]
+            pred = F.normalize(self.decode_mlp(z[pick], g.used).float(), dim=-1)
+            recon, acc = contrastive_reconstruction(
+                pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup
+            )
+        else:
+            k = cfg.n_draws
+            z = self.sample(post, k, noise=noise)  # [K, B, E]
+            u, c = pick.shape
+            zk = z[:, pick].permute(1, 0, 2, 3).reshape(u, k * c, -1)  # draws side by side per group
+            pred = F.normalize(self.decode_mlp(zk, g.used).float(), dim=-1)
+            pred = pred.view(u, k, c, -1).transpose(0, 1)  # [K, U, C, D]
+            loss_fn = csd_bce if cfg.recon_loss == "csd_bce" else mc_infonce
+            recon, acc = loss_fn(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup)
+        if cfg.kl_reduction == "mean" and cfg.free_bits == 0:
+            kl = kl_divergence(post.mu, post.logvar)
+        else:
+            kl = kl_terms(post.mu, post.logvar, cfg.kl_reduction, cfg.free_bits)
         loss = recon + kl_weight * kl
         return loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(),
-                      "acc": acc, "sigma_l1": post.sigma_l1.mean().detach()}
+                      "acc": acc, "sigma_l1": post.sigma_l1.mean().detach(),
+                      "logvar_clip_share": clip_share(post.logvar, cfg.logvar_clip)}

@@ -39,12 +39,14 @@ class TrainConfig:
     warmup_steps: int = 50
     restart_epochs: int = 0  # cosine warm restarts every T₀ epochs; 0 = one cosine over the run
     kl_weight: float = 1e-3
+    kl_warmup_epochs: int = 0  # β-annealing: the KL weight ramps linearly from 0 over these epochs
     noise: str = "dim"  # per-dimension ε ("dim") or the reference's one ε per row ("scalar")
     visible_probs: tuple[float, ...] = (0.9, 0.1)  # P(1 visible), P(2 visible), …
     reconstruct_all: bool = False  # reconstruct every present modality, not only masked ones
     label_column: str | None = None  # same-label rows are not negatives
     dedup: bool = True  # identical target embeddings are not negatives
     val_fraction: float = 0.1
+    split_column: str | None = None  # rows marked 'train' train, 'val' validate (others unused); else val_fraction
     val_cap: int = 4000  # rows used for the per-epoch validation R@1
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16
@@ -138,10 +140,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, visible: torch.Tensor,
                   targets: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig,
-                  device: torch.device, precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step on one batch (forward under autocast, backward, AdamW)."""
+                  device: torch.device, precision: str, kl_weight: float | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on one batch (forward under autocast, backward, AdamW);
+    ``kl_weight`` overrides ``cfg.kl_weight`` (β-annealing)."""
     with autocast(device, precision):
-        loss, stats = net(x, visible, targets, labels, kl_weight=cfg.kl_weight, noise=cfg.noise, dedup=cfg.dedup)
+        loss, stats = net(x, visible, targets, labels, kl_weight=kl_weight if kl_weight is not None else cfg.kl_weight,
+                          noise=cfg.noise, dedup=cfg.dedup)
     if not torch.isfinite(loss):
         return loss, stats
     opt.zero_grad(set_to_none=True)
@@ -173,7 +178,13 @@ class Trainer:
             cfg.model, table.modalities, table.dims, **cfg.model_overrides)
         self.model = Prom3e(self.model_cfg).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
-        self.train_rows, self.val_rows = split_rows(len(table), cfg.val_fraction, cfg.seed)
+        if cfg.split_column:
+            part = np.asarray(table.label(cfg.split_column)).astype(str)
+            self.train_rows, self.val_rows = np.flatnonzero(part == "train"), np.flatnonzero(part == "val")
+            if not len(self.train_rows) or not len(self.val_rows):
+                raise Prom3eError(f"split column '{cfg.split_column}': need rows marked 'train' and 'val'")
+        else:
+            self.train_rows, self.val_rows = split_rows(len(table), cfg.val_fraction, cfg.seed)
         self.x = torch.from_numpy(table.padded())
         self.present = torch.from_numpy(table.present)
         labels = label_ids(table, cfg.label_column)
@@ -264,8 +275,10 @@ class Trainer:
                     g["lr"] = lr_at(self.step, steps_per_epoch, cfg)
                 x = self.x[idx].to(self.device, non_blocking=True)
                 lab = self.labels[idx].to(self.device) if self.labels is not None else None
+                beta = cfg.kl_weight * min(1.0, (self.step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch)) \
+                    if cfg.kl_warmup_epochs else cfg.kl_weight
                 loss, stats = training_step(net, self.opt, x, visible.to(self.device), targets.to(self.device),
-                                            lab, cfg, self.device, self.precision)
+                                            lab, cfg, self.device, self.precision, beta)
                 if not torch.isfinite(loss):
                     raise Prom3eError(f"training diverged at epoch {self.epoch + 1} step {i} "
                                       f"(loss {loss.item()}); lower --lr or check the data")
@@ -288,8 +301,10 @@ class Trainer:
                     self._save("best")
                 self._save("last")
                 if self.progress:
+                    sigma = (f"‖σ‖₁ {record['sigma_l1']:.3g}  logσ² at clip {record['logvar_clip_share']:.0%}  "
+                             if "logvar_clip_share" in record else "")
                     print(f"epoch {self.epoch}/{cfg.epochs}  loss {record['loss']:.4f}  "
-                          f"val R@1 {record['val_r1_mean']:.3f}  ({record['seconds']:.1f}s)", flush=True)
+                          f"val R@1 {record['val_r1_mean']:.3f}  {sigma}({record['seconds']:.1f}s)", flush=True)
         summary = {"epochs": self.epoch, "best_val_r1_mean": self.best, "rank": self.rank,
                    "parameters": self.model.n_params(), "precision": self.precision,
                    "device": str(self.device), "train_rows": len(self.train_rows),

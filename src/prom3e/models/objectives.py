@@ -1,0 +1,115 @@
+"""Training objectives in which the posterior's σ has something to do.
+
+With one posterior draw and softmax InfoNCE (the reference), noise can only hurt the
+reconstruction, so σ sinks to its floor unless the KL pushes back. Two matching losses over
+K draws ``z_k = μ + σ·ε_k`` give σ a job, and a KL with the usual VAE controls keeps it honest:
+
+- ``mc_infonce``: ``−log (1/K)·Σ_k p(true | z_k)`` with p the softmax over the batch's
+  candidates. A mixture over draws *rewards* spread when the input is ambiguous (one place,
+  many species): covering several candidates beats committing to a wrong one (PCME's argument).
+- ``csd_bce``: PCME++'s loss on its closed-form sampled distance, estimated through the
+  decoder: ``d²(i, j) = (1/K)·Σ_k ‖f̂(z_k,i) − f_j‖² = ‖f̄_i − f_j‖² + v_i`` (distance of the
+  mean decoded draw plus the draws' spread), logits ``α·d² + β`` (α < 0), sigmoid BCE over all
+  pairs; same-label / identical targets are positives (PCME++'s pseudo-positives). The spread
+  ``v_i`` shifts every logit of row i equally, which a softmax would ignore: under BCE it buys
+  margin against confusable negatives at the price of the positive, so it grows exactly when
+  the row's negatives are close.
+- ``kl_terms``: KL(N(μ, σ²) ‖ N(0, I)) averaged (the reference) or summed over dimensions,
+  with optional free bits (no penalty for a dimension's batch-mean KL below a floor).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prom3e.models.losses import distance_logits, near_duplicates
+
+
+def same_target(true: Tensor, valid: Tensor, labels: Tensor | None, dedup: bool) -> Tensor | None:
+    """``bool[U, C, C]``: off-diagonal pairs that share a label (``labels [U, C]``, −1 = none) or
+    an identical target embedding; ``None`` when neither applies."""
+    if labels is None and not dedup:
+        return None
+    u, c = valid.shape
+    same = torch.zeros(u, c, c, dtype=torch.bool, device=true.device)
+    if labels is not None:
+        same |= (labels[:, :, None] == labels[:, None, :]) & (labels[:, :, None] >= 0)
+    if dedup:
+        same |= near_duplicates(true)
+    same.diagonal(dim1=1, dim2=2).fill_(False)
+    return same
+
+
+def mc_infonce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: Tensor,
+               labels: Tensor | None = None, dedup: bool = True) -> tuple[Tensor, Tensor]:
+    """``−log mean_k softmax_j(α·‖f̂(z_k,i) − f_j‖ + β)[i]`` over real rows.
+
+    ``pred [K, U, C, D]`` (K draws), ``true [U, C, D]``, ``valid [U, C]``; other same-label /
+    identical-target rows are not candidates (as in the one-draw loss). K = 1 is the one-draw
+    loss exactly. Returns the loss and the in-batch top-1 accuracy of the first draw.
+    """
+    k, u, c, _ = pred.shape
+    if not bool(valid.any()):
+        zero = pred.sum() * 0.0
+        return zero, zero.detach()
+    drop = ~valid[:, None, :]
+    same = same_target(true, valid, labels, dedup)
+    if same is not None:
+        drop = drop | same
+    logits = distance_logits(pred.flatten(0, 1), true.expand(k, -1, -1, -1).flatten(0, 1),
+                             alpha.repeat(k), beta.repeat(k), drop.repeat(k, 1, 1))  # [K·U, C, C]
+    logp = logits.log_softmax(-1).diagonal(dim1=-2, dim2=-1).view(k, u, c)
+    logp = logp.masked_fill(~valid, 0.0)  # padding rows: finite, never read
+    mix = torch.logsumexp(logp, 0) - math.log(k)  # log of the mean probability over draws
+    loss = -mix[valid].mean()
+    first = logits[:u]
+    acc = (first.argmax(-1) == torch.arange(c, device=pred.device))[valid].float().mean()
+    return loss, acc.detach()
+
+
+def csd_bce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: Tensor,
+            labels: Tensor | None = None, dedup: bool = True) -> tuple[Tensor, Tensor]:
+    """PCME++-style sigmoid loss on the sampled distance ``d² = ‖f̄ − f‖² + v`` (see module doc).
+
+    ``pred [K, U, C, D]``; the loss is the BCE summed over a row's real candidates, averaged
+    over real rows (a per-row scale comparable to cross-entropy).
+    """
+    k, u, c, _ = pred.shape
+    if not bool(valid.any()):
+        zero = pred.sum() * 0.0
+        return zero, zero.detach()
+    pred, true = pred.float(), true.float()
+    mean = pred.mean(0)  # [U, C, D]
+    sq_pred = pred.pow(2).sum(-1).mean(0)  # E_k ‖f̂_k‖²  [U, C]
+    d2 = sq_pred[:, :, None] + true.pow(2).sum(-1)[:, None, :] - 2 * mean @ true.transpose(-1, -2)
+    d2 = d2.clamp_min(0.0)
+    logits = alpha[:, None, None] * d2 + beta[:, None, None]
+    target = torch.eye(c, dtype=torch.bool, device=pred.device).expand(u, c, c).clone()
+    same = same_target(true, valid, labels, dedup)
+    if same is not None:
+        target |= same
+    pair_ok = valid[:, :, None] & valid[:, None, :]
+    bce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+    loss = (bce * pair_ok).sum() / valid.sum()
+    acc = (logits.masked_fill(~pair_ok, float("-inf")).argmax(-1)
+           == torch.arange(c, device=pred.device))[valid].float().mean()
+    return loss, acc.detach()
+
+
+def kl_terms(mu: Tensor, logvar: Tensor, reduction: str = "mean", free_bits: float = 0.0) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)): per dimension, averaged over rows; free bits clamp each
+    dimension's batch-mean KL from below (no gradient under the floor); then the mean
+    (the reference) or the sum over dimensions."""
+    per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)  # [E]
+    if free_bits > 0:
+        per_dim = torch.clamp_min(per_dim, free_bits)
+    return per_dim.mean() if reduction == "mean" else per_dim.sum()
+
+
+def clip_share(logvar: Tensor, clip: float, within: float = 0.5) -> Tensor:
+    """Share of logσ² values within ``within`` of ±``clip`` (a collapsed σ sits there)."""
+    return ((clip - logvar.detach().abs()) < within).float().mean()
