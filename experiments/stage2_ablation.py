@@ -1,0 +1,165 @@
+"""The stage-2 ablation: named variants × datasets × seeds, same splits and budget.
+
+Each (dataset, variant, seed) trains and evaluates once through ``stage2_study`` and appends
+its summary to ``experiments/out/stage2/runs.jsonl`` (a killed sweep loses at most the run in
+progress; finished runs are skipped on the next call). ``--publish`` writes the compact
+summary ``experiments/results/stage2_ablation.json`` that docs/STAGE2.md renders.
+
+    .venv/bin/python experiments/stage2_ablation.py --datasets birdclef22 --variants ref,kl_sum
+    .venv/bin/python experiments/stage2_ablation.py --datasets birdclef22,ucsc,synthetic --seeds 0,1 \\
+        --variants ref,winner --publish
+
+Datasets: ``birdclef22`` (experiments/birdclef22.py's aligned table; built if missing),
+``ucsc`` (experiments/ucsc_stage1.py's aligned table, its 75 % training part split 65/10 per
+species into train/val), ``synthetic`` (``prom3e demo``'s protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import stage2_study  # noqa: E402
+
+OUT = HERE / "out" / "stage2"
+
+# Every variant is a set of TrainConfig options on top of the base model's current defaults;
+# "model_overrides" reach Prom3eConfig (the objective lives there).
+REF = {"recon_loss": "infonce", "n_draws": 1, "kl_reduction": "mean", "free_bits": 0.0}
+VARIANTS: dict[str, dict] = {
+    "ref": {"model_overrides": dict(REF)},
+    "kl_mean_1e-2": {"kl_weight": 1e-2, "model_overrides": dict(REF)},
+    "kl_sum_1e-3": {"model_overrides": {**REF, "kl_reduction": "sum"}},
+    "kl_sum_1e-2": {"kl_weight": 1e-2, "model_overrides": {**REF, "kl_reduction": "sum"}},
+    "kl_sum_1e-3_warm": {"kl_warmup_epochs": 10, "model_overrides": {**REF, "kl_reduction": "sum"}},
+    "kl_sum_1e-2_fb": {"kl_weight": 1e-2, "model_overrides": {**REF, "kl_reduction": "sum", "free_bits": 0.01}},
+    "mc4": {"model_overrides": {**REF, "recon_loss": "mc_infonce", "n_draws": 4}},
+    "mc4_kl_sum_1e-3": {"model_overrides": {**REF, "recon_loss": "mc_infonce", "n_draws": 4, "kl_reduction": "sum"}},
+    "mc4_kl_sum_1e-2": {"kl_weight": 1e-2,
+                        "model_overrides": {**REF, "recon_loss": "mc_infonce", "n_draws": 4, "kl_reduction": "sum"}},
+    "csd4": {"model_overrides": {**REF, "recon_loss": "csd_bce", "n_draws": 4}},
+    "csd4_kl_sum_1e-3": {"model_overrides": {**REF, "recon_loss": "csd_bce", "n_draws": 4, "kl_reduction": "sum"}},
+    "recon_all": {"reconstruct_all": True, "model_overrides": dict(REF)},
+    "no_label": {"label_column": None, "model_overrides": dict(REF)},
+    "epochs60": {"epochs": 60, "model_overrides": dict(REF)},
+    "lr3e-3": {"lr": 3e-3, "model_overrides": dict(REF)},
+    "large": {"model": "large", "model_overrides": dict(REF)},
+    "defaults": {},  # whatever the base config's defaults are now
+}
+DECODE = {"ref_decode10": ("ref", 10)}  # variant evaluated with reconstructions from 10 draws
+
+
+def ucsc_tables(out: Path) -> tuple[Path, Path]:
+    """ucsc-plants' aligned and raw feature tables with a train/val/test split column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prom3e.data.table import atomic_write
+    from prom3e.tasks.common import encode_labels, stratified_split
+
+    src = HERE / "out"
+    aligned, raw = src / "ucsc_aligned.parquet", src / "ucsc_features.parquet"
+    if not aligned.exists():
+        raise SystemExit(f"{aligned} not found: run experiments/ucsc_stage1.py first")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "ucsc_aligned_split.parquet", out / "ucsc_features_split.parquet")
+    if all(p.exists() and p.stat().st_mtime > aligned.stat().st_mtime for p in paths):
+        return paths
+    t = pq.read_table(aligned)
+    part = np.asarray(t.column("split").to_pylist(), dtype=object)
+    y, _ = encode_labels(np.asarray(t.column("scientific_name").to_pylist(), dtype=object))
+    tr = np.flatnonzero(part == "train")
+    keep, _ = stratified_split(y[tr], 65 / 75, seed=0)  # 10 % of all rows → val
+    split = np.where(part == "train", "val", part)
+    split[tr[keep]] = "train"
+    for src_path, dst in zip((aligned, raw), paths, strict=True):
+        tab = pq.read_table(src_path)
+        tab = tab.set_column(tab.schema.get_field_index("split"), "split", pa.array(split.tolist(), pa.string()))
+        atomic_write(dst, lambda tmp, tab=tab: pq.write_table(tab, tmp))
+    return paths
+
+
+def run_one(dataset: str, variant: str, seed: int, epochs: int | None, threads: int) -> dict:
+    name, draws = variant, 0
+    if variant in DECODE:
+        name, draws = DECODE[variant]
+    options = json.loads(json.dumps(VARIANTS[name]))
+    if epochs is not None and "epochs" not in options:
+        options["epochs"] = epochs
+    out = OUT / dataset / f"{variant}_s{seed}"
+    if dataset == "synthetic":
+        return stage2_study.run_synthetic(out, options, seed=seed, threads=threads, decode_draws=draws)
+    if dataset == "birdclef22":
+        import birdclef22
+
+        rec = birdclef22.build_stage1(birdclef22.DATA, birdclef22.OUT, progress=False)
+        aligned, feats = Path(rec["paths"]["aligned"]), Path(rec["paths"]["features"])
+        label, cls = birdclef22.LABEL, birdclef22.ANCHOR
+    elif dataset == "ucsc":
+        aligned, feats = ucsc_tables(OUT / "ucsc")
+        label, cls = "scientific_name", "text"
+    else:
+        raise SystemExit(f"unknown dataset {dataset}")
+    return stage2_study.run_study(aligned, feats, out, label, cls, options, seed=seed, threads=threads,
+                                  decode_draws=draws)
+
+
+def done_runs(log: Path) -> dict[tuple, dict]:
+    if not log.exists():
+        return {}
+    out = {}
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        out[(r["dataset"], r["variant"], r["seed"], r.get("epochs"))] = r
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default="birdclef22")
+    ap.add_argument("--variants", default="ref")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--epochs", type=int, help="epochs for variants that do not set their own")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--redo", action="store_true", help="run again even if logged")
+    ap.add_argument("--publish", action="store_true", help="write experiments/results/stage2_ablation.json")
+    args = ap.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = OUT / "runs.jsonl"
+    done = done_runs(log)
+    for ds in args.datasets.split(","):
+        for v in args.variants.split(","):
+            if v not in VARIANTS and v not in DECODE:
+                raise SystemExit(f"unknown variant {v} (have: {', '.join([*VARIANTS, *DECODE])})")
+            for s in (int(x) for x in args.seeds.split(",")):
+                key = (ds, v, s, args.epochs)
+                if key in done and not args.redo:
+                    continue
+                t0 = time.perf_counter()
+                res = run_one(ds, v, s, args.epochs, args.threads)
+                rec = {"dataset": ds, "variant": v, "seed": s, "epochs": args.epochs,
+                       "wall_s": round(time.perf_counter() - t0, 1), **res}
+                with open(log, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                sm = res["summary"]
+                print(f"{ds} {v} s{s}: ρ(σ,rank) {_f(sm['spearman_sigma_rank_mean'])}  σ drops "
+                      f"{_f(sm['frac_sigma_drops'])}  clip {_f(sm['clip_share'])}  recon≥cross "
+                      f"{_f(sm['frac_recon_ge_cross'])}  inv R@1 {_f(sm['r1_inversion_mean'])}  probe pair≥raw "
+                      f"{_f(sm.get('frac_probe_pair_ge_raw'))} ({rec['wall_s']:.0f}s)", flush=True)
+    return 0
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
