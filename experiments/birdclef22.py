@@ -21,7 +21,7 @@ checkpoint on ``val``, every figure on ``test``; baselines from the same split).
 
     .venv/bin/python experiments/birdclef22.py --stage1-only     # the aligned table only
     .venv/bin/python experiments/birdclef22.py                   # + stage 2 (default config), evaluation
-    .venv/bin/python experiments/birdclef22.py --subsample 1500 --epochs 3 --out /tmp/b22   # a quick check
+    .venv/bin/python experiments/birdclef22.py --subsample 1500 --epochs 3 --fast --out /tmp/b22  # a quick check
 """
 
 from __future__ import annotations
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="stage-2 training options (YAML/JSON, TrainConfig fields)")
     ap.add_argument("--epochs", type=int, help="stage-2 epochs (overrides --config)")
     ap.add_argument("--model", default="base", help="stage-2 named architecture")
+    ap.add_argument("--fast", action="store_true",
+                    help="the ablation sweep's checks (no uncertainty study, μ probes of pairs on ≤ 4000 rows)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     res = stage2_study.run_study(
         Path(rec["paths"]["aligned"]), Path(rec["paths"]["features"]), args.out / "stage2",
         label=LABEL, class_modality=ANCHOR, options=options, seed=args.seed, threads=args.threads,
-        progress=not args.quiet)
+        progress=not args.quiet, full=not args.fast)
     print(json.dumps(res["summary"], indent=1))
     return 0
 

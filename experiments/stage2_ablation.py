@@ -33,7 +33,8 @@ OUT = HERE / "out" / "stage2"
 
 # Every variant is a set of TrainConfig options on top of the base model's current defaults;
 # "model_overrides" reach Prom3eConfig (the objective lives there).
-REF = {"recon_loss": "infonce", "n_draws": 1, "kl_reduction": "mean", "free_bits": 0.0}
+REF = {"recon_loss": "infonce", "n_draws": 1, "kl_reduction": "mean", "free_bits": 0.0, "sigma_calibration": 0.0}
+MC = {**REF, "recon_loss": "mc_infonce", "n_draws": 4, "kl_reduction": "sum"}  # + KL sum
 VARIANTS: dict[str, dict] = {
     "ref": {"model_overrides": dict(REF)},
     "kl_mean_1e-2": {"kl_weight": 1e-2, "model_overrides": dict(REF)},
@@ -47,6 +48,16 @@ VARIANTS: dict[str, dict] = {
                         "model_overrides": {**REF, "recon_loss": "mc_infonce", "n_draws": 4, "kl_reduction": "sum"}},
     "csd4": {"model_overrides": {**REF, "recon_loss": "csd_bce", "n_draws": 4}},
     "csd4_kl_sum_1e-3": {"model_overrides": {**REF, "recon_loss": "csd_bce", "n_draws": 4, "kl_reduction": "sum"}},
+    "kl_sum_1e-3_cal": {"model_overrides": {**REF, "kl_reduction": "sum", "sigma_calibration": 1.0}},
+    "mc4_kl_sum_1e-3_cal": {"model_overrides": {**MC, "sigma_calibration": 1.0}},
+    "mc8_kl_sum_1e-3": {"model_overrides": {**MC, "n_draws": 8}},
+    "mc4_kl_sum_3e-3": {"kl_weight": 3e-3, "model_overrides": dict(MC)},
+    "mc4_kl_sum_1e-3_fb": {"model_overrides": {**MC, "free_bits": 0.05}},
+    "mc4_kl_sum_1e-3_warm": {"kl_warmup_epochs": 10, "model_overrides": dict(MC)},
+    "mc4_kl_sum_1e-3_recon_all": {"reconstruct_all": True, "model_overrides": dict(MC)},
+    "mc4_kl_sum_1e-3_ep60": {"epochs": 60, "model_overrides": dict(MC)},
+    "mc4_kl_sum_1e-3_lr3e-3": {"lr": 3e-3, "model_overrides": dict(MC)},
+    "mc4_kl_sum_1e-3_vis532": {"visible_probs": [0.5, 0.3, 0.2], "model_overrides": dict(MC)},
     "recon_all": {"reconstruct_all": True, "model_overrides": dict(REF)},
     "no_label": {"label_column": None, "model_overrides": dict(REF)},
     "epochs60": {"epochs": 60, "model_overrides": dict(REF)},
@@ -87,16 +98,16 @@ def ucsc_tables(out: Path) -> tuple[Path, Path]:
     return paths
 
 
-def run_one(dataset: str, variant: str, seed: int, epochs: int | None, threads: int) -> dict:
+def run_one(dataset: str, variant: str, seed: int, epochs: int | None, threads: int, full: bool) -> dict:
     name, draws = variant, 0
     if variant in DECODE:
         name, draws = DECODE[variant]
     options = json.loads(json.dumps(VARIANTS[name]))
     if epochs is not None and "epochs" not in options:
         options["epochs"] = epochs
-    out = OUT / dataset / f"{variant}_s{seed}"
+    out = OUT / dataset / f"{variant}_s{seed}{'_full' if full else ''}"
     if dataset == "synthetic":
-        return stage2_study.run_synthetic(out, options, seed=seed, threads=threads, decode_draws=draws)
+        return stage2_study.run_synthetic(out, options, seed=seed, threads=threads, decode_draws=draws, full=full)
     if dataset == "birdclef22":
         import birdclef22
 
@@ -109,7 +120,7 @@ def run_one(dataset: str, variant: str, seed: int, epochs: int | None, threads: 
     else:
         raise SystemExit(f"unknown dataset {dataset}")
     return stage2_study.run_study(aligned, feats, out, label, cls, options, seed=seed, threads=threads,
-                                  decode_draws=draws)
+                                  decode_draws=draws, full=full)
 
 
 def done_runs(log: Path) -> dict[tuple, dict]:
@@ -118,7 +129,7 @@ def done_runs(log: Path) -> dict[tuple, dict]:
     out = {}
     for line in log.read_text().splitlines():
         r = json.loads(line)
-        out[(r["dataset"], r["variant"], r["seed"], r.get("epochs"))] = r
+        out[(r["dataset"], r["variant"], r["seed"], r.get("epochs"), r.get("full", True))] = r
     return out
 
 
@@ -130,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="epochs for variants that do not set their own")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--redo", action="store_true", help="run again even if logged")
+    ap.add_argument("--full", action="store_true",
+                    help="the whole evaluation and all probes (default: the sweep's faster checks)")
     ap.add_argument("--publish", action="store_true", help="write experiments/results/stage2_ablation.json")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -140,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             if v not in VARIANTS and v not in DECODE:
                 raise SystemExit(f"unknown variant {v} (have: {', '.join([*VARIANTS, *DECODE])})")
             for s in (int(x) for x in args.seeds.split(",")):
-                key = (ds, v, s, args.epochs)
+                key = (ds, v, s, args.epochs, args.full)
                 if key in done and not args.redo:
                     continue
                 t0 = time.perf_counter()
-                res = run_one(ds, v, s, args.epochs, args.threads)
-                rec = {"dataset": ds, "variant": v, "seed": s, "epochs": args.epochs,
+                res = run_one(ds, v, s, args.epochs, args.threads, args.full)
+                rec = {"dataset": ds, "variant": v, "seed": s, "epochs": args.epochs, "full": args.full,
                        "wall_s": round(time.perf_counter() - t0, 1), **res}
                 with open(log, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")

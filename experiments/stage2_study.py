@@ -67,14 +67,19 @@ def select_probe(xtr, ytr, xva, yva, xte, yte) -> dict:
     return {"C": best[0], "val_acc": best[1], "acc": r["acc"], "macro_f1": r["macro_f1"], "n_test": len(yte)}
 
 
-def _parts(table, split: np.ndarray, y: np.ndarray, s: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _parts(table, split: np.ndarray, y: np.ndarray, s: tuple[str, ...],
+           max_train: int | None = None) -> dict[str, np.ndarray]:
+    from prom3e.tasks.common import stratified_subsample
+
     ok = table.present[:, [table.index(m) for m in s]].all(1) & (y >= 0)
-    return {p: np.flatnonzero(ok & (split == p)) for p in ("train", "val", "test")}
+    out = {p: np.flatnonzero(ok & (split == p)) for p in ("train", "val", "test")}
+    out["train"] = stratified_subsample(out["train"], y, max_train, seed=0)
+    return out
 
 
-def baseline_probes(raw, aligned, y, split, sets, cache: Path) -> dict:
+def baseline_probes(raw, aligned, y, split, sets, cache: Path, max_train: int | None = None) -> dict:
     """LR on the raw encoder features and on the aligned features, per visible set (cached)."""
-    key = json.dumps({"sets": [list(s) for s in sets], "C": PROBE_C, "iter": PROBE_ITER,
+    key = json.dumps({"sets": [list(s) for s in sets], "C": PROBE_C, "iter": PROBE_ITER, "max_train": max_train,
                       "n": len(y), "split": int(np.sum(split == "train")), "y": int(y.sum())})
     if cache.exists():
         c = json.loads(cache.read_text())
@@ -82,7 +87,7 @@ def baseline_probes(raw, aligned, y, split, sets, cache: Path) -> dict:
             return c["probes"]
     out = {}
     for s in sets:
-        r = _parts(aligned, split, y, s)
+        r = _parts(aligned, split, y, s, max_train)
         res = {}
         for name, t in (("raw", raw), ("aligned", aligned)):
             x = np.concatenate([t.feature(m) for m in s], 1)
@@ -93,10 +98,10 @@ def baseline_probes(raw, aligned, y, split, sets, cache: Path) -> dict:
     return out
 
 
-def model_probes(fuser, table, y, split, sets, kinds=("mu", "tokens")) -> dict:
+def model_probes(fuser, table, y, split, sets, kinds=("mu", "tokens"), max_train: int | None = None) -> dict:
     out = {}
     for s in sets:
-        r = _parts(table, split, y, s)
+        r = _parts(table, split, y, s, max_train)
         rows = np.concatenate([r["train"], r["val"], r["test"]])
         post = fuser.encode(table.take(rows), visible=list(s), hidden="tokens" in kinds)
         feats = {"mu": post.mu.numpy()}
@@ -133,6 +138,25 @@ def clip_shares(fuser, table, rows, sets) -> dict:
             "sigma_l1_by_size": {k: float(np.mean(v)) for k, v in sig.items()}}
 
 
+def sigma_drops(fuser, table, rows, mods, max_size: int = 2) -> dict:
+    """Share of (S, m) cases, |S| ≤ max_size, whose mean ‖σ‖₁ over the rows having S ∪ {m} drops
+    when m is added (the 'actual reduction' of ``prom3e evaluate``'s uncertainty study)."""
+    from prom3e.tasks.common import visible_sets
+    from prom3e.tasks.uncertainty import sigma_by_subset
+
+    sig = sigma_by_subset(fuser, table, rows, visible_sets(mods, max_size + 1))
+    drops = []
+    for s in visible_sets(mods, max_size):
+        for m in mods:
+            if m in s:
+                continue
+            key = tuple(n for n in mods if n in (*s, m))
+            both = np.isfinite(sig[s]) & np.isfinite(sig[key])
+            if both.any():
+                drops.append(float(np.mean(sig[s][both] - sig[key][both])) > 0)
+    return {"frac_sigma_drops": float(np.mean(drops)) if drops else None, "n_sigma_cases": len(drops)}
+
+
 def checks(metrics: dict, probes: dict | None, base: dict | None, sigma: dict) -> dict:
     from prom3e.tasks.common import mean_or_none
 
@@ -141,8 +165,9 @@ def checks(metrics: dict, probes: dict | None, base: dict | None, sigma: dict) -
     sp = [p["spearman_sigma_rank"] for p in pairs]
     out["spearman_sigma_rank_mean"] = mean_or_none(sp)
     out["spearman_sigma_error_mean"] = mean_or_none([p["spearman_sigma_recon_error"] for p in pairs])
-    claim = metrics["claims"].get("adding_modality_lowers_sigma", {})
-    out["frac_sigma_drops"] = claim.get("frac_mean_lower")
+    claim = metrics["claims"].get("adding_modality_lowers_sigma")
+    if claim is not None:
+        out["frac_sigma_drops"] = claim.get("frac_mean_lower")
     out.update(sigma)
     singles = [p for p in pairs if len(p["visible"]) == 1 and p["r1_cross"] is not None]
     out["frac_recon_ge_cross"] = mean_or_none([p["r1_reconstruction"] >= p["r1_cross"] for p in singles])
@@ -207,9 +232,14 @@ def train_config(options: dict, seed: int, threads: int, label: str | None, spli
 
 
 def run_study(aligned: Path, features: Path | None, out: Path, label: str, class_modality: str,
-              options: dict, seed: int = 0, threads: int = 1, progress: bool = False,
-              probe_kinds=("mu", "tokens"), probe_max_size: int = 2, decode_draws: int = 0) -> dict:
-    """Train ``options`` on the table's train split, evaluate on test; return the result."""
+              options: dict, seed: int = 0, threads: int = 1, progress: bool = False, full: bool = True,
+              decode_draws: int = 0) -> dict:
+    """Train ``options`` on the table's train split, evaluate on test; return the result.
+
+    ``full``: the whole evaluation (uncertainty study included) and probes on μ and tokens over
+    every training row; otherwise (the ablation sweep) retrieval + zero-shot, ‖σ‖₁ drops from
+    ``sigma_by_subset`` and μ probes of the 2-modality sets on ≤ 4000 training rows (the raw
+    baselines then use the same rows)."""
     import torch
 
     from prom3e.api import Fuser
@@ -231,22 +261,28 @@ def run_study(aligned: Path, features: Path | None, out: Path, label: str, class
     ev_fuser = SampledFuser(fuser, decode_draws) if decode_draws else fuser
     part = np.where(split == "train", "unused", split)  # δ on val, figures on test
     t0 = time.perf_counter()
+    tasks = ("retrieval", "zeroshot", "uncertainty") if full else ("retrieval", "zeroshot")
     metrics = evaluate(ev_fuser, _with_meta(table, eval_part=part), label=label, out_dir=out / "eval",
                        split_column="eval_part", max_fit=None, max_test=None, class_modality=class_modality,
-                       tasks=("retrieval", "zeroshot", "uncertainty"), seed=seed, threads=threads, plots=False)
+                       tasks=tasks, seed=seed, threads=threads, plots=full)
+    test_rows = np.flatnonzero(split == "test")
+    sigma = clip_shares(fuser, table, test_rows, visible_sets(list(table.modalities), 2))
+    if not full:
+        sigma.update(sigma_drops(fuser, table, test_rows, list(table.modalities)))
     t_eval = time.perf_counter() - t0
     t0 = time.perf_counter()
     mods = [m for m in table.modalities if m != class_modality]
-    sets = visible_sets(mods, probe_max_size)
+    sets = visible_sets(mods, 2) if full else [s for s in visible_sets(mods, 2) if len(s) == 2]
+    kinds, cap = (("mu", "tokens"), None) if full else (("mu",), 4000)
     base = probes = None
-    if features is not None and probe_kinds:
+    if features is not None and sets:
         raw = read_table(features)
-        base = baseline_probes(raw, table, y, split, sets, out.parent / "baseline_probes.json")
-        probes = model_probes(fuser, table, y, split, sets, probe_kinds)
+        cache = out.parent / f"baseline_probes{'' if cap is None else f'_cap{cap}'}.json"
+        base = baseline_probes(raw, table, y, split, sets, cache, cap)
+        probes = model_probes(fuser, table, y, split, sets, kinds, cap)
     t_probe = time.perf_counter() - t0
-    sigma = clip_shares(fuser, table, np.flatnonzero(split == "test"), visible_sets(list(table.modalities), 2))
-    res = {"options": options, "seed": seed, "train": {k: summary[k] for k in ("epochs", "best_val_r1_mean",
-                                                                                "parameters")},
+    res = {"options": options, "seed": seed, "full": full,
+           "train": {k: summary[k] for k in ("epochs", "best_val_r1_mean", "parameters")},
            "seconds": {"train": round(t_train, 1), "evaluate": round(t_eval, 1), "probes": round(t_probe, 1)},
            "summary": checks(metrics, probes, base, sigma)}
     (out / "result.json").write_text(json.dumps(res, indent=1))
@@ -254,8 +290,9 @@ def run_study(aligned: Path, features: Path | None, out: Path, label: str, class
 
 
 def run_synthetic(out: Path, options: dict, seed: int = 0, threads: int = 1, n: int = 20000,
-                  epochs: int = 15, decode_draws: int = 0, progress: bool = False) -> dict:
-    """``prom3e demo``'s protocol with ``options`` on top; evaluation as the demo (all tasks but gap)."""
+                  epochs: int = 15, decode_draws: int = 0, progress: bool = False, full: bool = True) -> dict:
+    """``prom3e demo``'s protocol with ``options`` on top; evaluation as the demo (all tasks but
+    gap; ``full=False``: retrieval, zero-shot and probes, ‖σ‖₁ drops from ``sigma_by_subset``)."""
     import torch
 
     from prom3e.api import Fuser
@@ -278,12 +315,16 @@ def run_synthetic(out: Path, options: dict, seed: int = 0, threads: int = 1, n: 
     fuser = Fuser.load(out / "run", device="cpu", precision="fp32")
     ev_fuser = SampledFuser(fuser, decode_draws) if decode_draws else fuser
     t0 = time.perf_counter()
+    tasks = ("retrieval", "zeroshot", "probe") + (("uncertainty",) if full else ())
     metrics = evaluate(ev_fuser, test, label="species", out_dir=out / "eval", seed=seed, threads=threads,
-                       tasks=("retrieval", "zeroshot", "probe", "uncertainty"), plots=False)
+                       tasks=tasks, plots=full)
+    rows = np.arange(len(test))[:2000]
+    sigma = clip_shares(fuser, test, rows, visible_sets(list(test.modalities), 2))
+    if not full:
+        sigma.update(sigma_drops(fuser, test, rows, list(test.modalities)))
     t_eval = time.perf_counter() - t0
-    sigma = clip_shares(fuser, test, np.arange(len(test))[:2000], visible_sets(list(test.modalities), 2))
-    res = {"options": options, "seed": seed, "train": {k: summary[k] for k in ("epochs", "best_val_r1_mean",
-                                                                                "parameters")},
+    res = {"options": options, "seed": seed, "full": full,
+           "train": {k: summary[k] for k in ("epochs", "best_val_r1_mean", "parameters")},
            "seconds": {"train": round(t_train, 1), "evaluate": round(t_eval, 1)},
            "summary": checks(metrics, None, None, sigma)}
     (out / "result.json").write_text(json.dumps(res, indent=1))

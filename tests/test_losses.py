@@ -96,7 +96,8 @@ def test_mc_infonce_with_one_draw_is_the_reference_loss():
     a, b = torch.tensor([-5.0, -3.0]), torch.tensor([5.0, 5.0])
     labels = torch.tensor([[0, 0, 1, 2, 3, 4], [0, 1, 1, 2, -1, -1]])
     want, _ = contrastive_reconstruction(pred[0], true, valid, a, b, labels)
-    got, acc = mc_infonce(pred, true, valid, a, b, labels)
+    got, acc, each = mc_infonce(pred, true, valid, a, b, labels)
+    assert each[1, 4:].eq(0).all() and torch.isclose(each[valid].mean(), got)
     torch.testing.assert_close(got, want)
     assert 0 <= float(acc) <= 1
 
@@ -113,8 +114,8 @@ def test_mc_infonce_rewards_spread_on_ambiguous_rows():
     committed[:, 0, 1] = true[0, 0]  # rows 0 and 1 (same input) both predict row 0's target
     spread = committed.clone()
     spread[1, 0, 0], spread[1, 0, 1] = true[0, 1], true[0, 1]  # the second draw covers row 1's
-    loss_c, _ = mc_infonce(committed, true, valid, a, b, dedup=False)
-    loss_s, _ = mc_infonce(spread, true, valid, a, b, dedup=False)
+    loss_c = mc_infonce(committed, true, valid, a, b, dedup=False)[0]
+    loss_s = mc_infonce(spread, true, valid, a, b, dedup=False)[0]
     assert loss_s < loss_c
 
 
@@ -153,3 +154,21 @@ def test_kl_terms_reductions_and_free_bits():
     kl = kl_terms(mu, logvar, "sum", free_bits=floor)
     kl.backward()
     assert kl.item() == pytest.approx(6 * floor) and torch.count_nonzero(logvar.grad) == 0
+
+
+def test_sigma_calibration_spreads_logvar_like_the_log_expected_loss():
+    from prom3e.models.objectives import sigma_calibration
+
+    err = torch.tensor([[0.5, 2.0, 4.0, 0.0]])  # entry losses of rows 0, 1, 2; entry 3 is padding
+    rows, valid = torch.tensor([[0, 1, 2, 0]]), torch.tensor([[True, True, True, False]])
+    logvar = torch.full((4, 3), -3.0, requires_grad=True)  # row 3 has no target: left out
+    opt = torch.optim.Adam([logvar], lr=0.05)
+    for _ in range(800):
+        opt.zero_grad()
+        sigma_calibration(logvar, err, rows, valid).backward()
+        opt.step()
+    ell = logvar[:3].mean(-1).detach()
+    want = torch.log(err[0, :3])
+    torch.testing.assert_close(ell - ell.mean(), want - want.mean(), atol=2e-2, rtol=0)
+    assert abs(float(ell.mean()) + 3.0) < 0.25  # the level is not the term's business (no net push)
+    assert logvar.grad[3].abs().sum() == 0

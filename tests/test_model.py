@@ -129,10 +129,12 @@ def test_sample_visible_respects_presence_and_counts():
 
 
 OBJECTIVES = [{}, {"recon_loss": "mc_infonce", "n_draws": 3}, {"recon_loss": "csd_bce", "n_draws": 2},
-              {"kl_reduction": "sum", "free_bits": 0.05}]
+              {"kl_reduction": "sum", "free_bits": 0.05}, {"sigma_calibration": 0.5},
+              {"recon_loss": "mc_infonce", "n_draws": 2, "sigma_calibration": 1.0}]
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES, ids=["default", "mc_infonce", "csd_bce", "kl_sum_fb"])
+@pytest.mark.parametrize("objective", OBJECTIVES,
+                         ids=["default", "mc_infonce", "csd_bce", "kl_sum_fb", "calibrated", "mc_calibrated"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_named_config_runs_forward_backward(name, objective, tmp_path):
     from prom3e.train import checkpoint as ckpt
@@ -163,7 +165,8 @@ def test_every_named_config_runs_forward_backward(name, objective, tmp_path):
 
 
 def test_objective_options_are_checked():
-    for bad in ({"recon_loss": "mse"}, {"kl_reduction": "max"}, {"n_draws": 0}, {"free_bits": -1.0}):
+    for bad in ({"recon_loss": "mse"}, {"kl_reduction": "max"}, {"n_draws": 0}, {"free_bits": -1.0},
+                {"sigma_calibration": -1.0}):
         with pytest.raises(ValueError):
             Prom3e(named_config("tiny", MODS, [16] * 4, **bad))
 

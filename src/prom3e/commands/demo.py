@@ -73,4 +73,7 @@ def headline(metrics: dict) -> list[str]:
     for name, ok in metrics.get("claims", {}).items():
         if isinstance(ok, dict) and "holds" in ok:
             lines.append(f"claim '{name}': {'holds' if ok['holds'] else 'does not hold'}")
+    warning = (metrics.get("uncertainty", {}).get("check") or {}).get("warning")
+    if warning:
+        lines.append(warning)
     return lines

@@ -127,6 +127,9 @@ def headline(metrics: dict) -> list[str]:
                      f"tokens {_f(p['acc_tokens_mean'])}, reconstructions {_f(p['acc_reconstruction_mean'])}")
     for name, c in metrics.get("claims", {}).items():
         lines.append(f"claim {name}: {'holds' if c.get('holds') else 'does not hold'}")
+    warning = (metrics.get("uncertainty", {}).get("check") or {}).get("warning")
+    if warning:
+        lines.append(warning)
     return lines
 
 

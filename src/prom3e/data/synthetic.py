@@ -17,6 +17,10 @@ The generative story:
    shared by every observation in it; extra names ``m<k>`` = noisy species views. Each
    modality then goes through its own fixed near-identity linear map and offset (the
    modality gap), and is normalised to unit length.
+   ``resolution`` makes a species view deliberately ambiguous: ``{"m2": "genus"}`` builds
+   ``m2`` from the genus latent, one value shared by every species of the genus, so seeing
+   ``m2`` leaves a known number of candidate species (the node's size): a ground truth for
+   how uncertain a posterior given that modality should be.
 5. **Missingness.** Each modality is missing with probability ``missing_rate`` (sound
    always for plants); ``always_present`` modalities are kept, and every row keeps one.
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
@@ -64,6 +68,9 @@ class SynthConfig:
     always_present: tuple[str, ...] = ("image",)
     cell_deg: float = 3.0
     zipf: float = 0.8
+    # modality → taxonomic level it resolves ("genus", "family", …); species views only
+    # (image, text, sound, m<k>); unnamed ones resolve the species
+    resolution: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         mods = tuple(self.modalities)
@@ -87,6 +94,12 @@ class SynthConfig:
                 raise Prom3eError(f"always_present '{m}' is not among the modalities")
         if not 0.0 <= self.missing_rate < 1.0:
             raise Prom3eError(f"missing_rate must be in [0, 1), got {self.missing_rate}")
+        for m, level in self.resolution.items():
+            if m not in mods or m in ("loc", "env", "sat"):
+                raise Prom3eError(f"resolution: '{m}' is not a species view among the modalities "
+                                  f"(image, text, sound, m<k>)")
+            if level not in LEVELS:
+                raise Prom3eError(f"resolution: unknown level '{level}' for '{m}' (have: {', '.join(LEVELS)})")
         if self.noise < 0 or not 0 < self.cell_deg <= 90 or self.zipf < 0:
             raise Prom3eError("noise and zipf must be >= 0, cell_deg in (0, 90]")
 
@@ -215,10 +228,12 @@ def generate(cfg: SynthConfig | None = None) -> pa.Table:
         a = np.eye(d) + r.normal(0, 0.3 / np.sqrt(d), (d, d))
         offset = 0.3 * _unit(r.normal(size=d))
         sd = _NOISE.get(m, 0.9) * cfg.noise / np.sqrt(d)
+        lev = LEVELS.index(cfg.resolution.get(m, "species"))
+        zm, node = _unit(lat[lev]), anc[len(LEVELS) - 1 - lev]  # the latent the view resolves
         if m == "image":
-            x = z[sp] + 0.2 * at_p("env") + r.normal(0, sd, (n, d))
+            x = zm[node] + 0.2 * at_p("env") + r.normal(0, sd, (n, d))
         elif m == "text":
-            x = (z + r.normal(0, sd, (s, d)))[sp]
+            x = (zm + r.normal(0, sd, zm.shape))[node]
         elif m == "loc":
             x = 0.6 * at_p("mix") + at_p("loc") + r.normal(0, sd, (n, d))
         elif m == "env":
@@ -227,7 +242,7 @@ def generate(cfg: SynthConfig | None = None) -> pa.Table:
             cx = 0.5 * mixture(cp) + env_field(cp) + 0.5 * loc_field(cp)
             x = (cx + r.normal(0, sd, (len(cp), d)))[cell_inv]
         else:  # sound and generic views m<k>
-            x = z[sp] + r.normal(0, sd, (n, d))
+            x = zm[node] + r.normal(0, sd, (n, d))
         feats.append(_unit(_unit(x) @ a + offset).astype(np.float32))
 
     # missingness

@@ -94,7 +94,8 @@ def contrastive_reconstruction(
     beta: Tensor,
     labels: Tensor | None = None,
     dedup: bool = True,
-) -> tuple[Tensor, Tensor]:
+    per_entry: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """InfoNCE over Euclidean distances, per modality, with the diagonal as positive.
 
     ``pred``/``true``: ``[U, C, D]`` reconstructions and real embeddings of one modality
@@ -102,12 +103,13 @@ def contrastive_reconstruction(
     logits = α·‖f̂ʲ − fᵏ‖ + β with α < 0. Other rows with the same label (``labels [U, C]``,
     −1 = none) or an identical target embedding (``dedup``: e.g. one satellite tile shared
     by many rows) are not negatives. Returns the mean cross-entropy over real entries and
-    the in-batch top-1 accuracy.
+    the in-batch top-1 accuracy (and, with ``per_entry``, each entry's cross-entropy ``[U, C]``,
+    0 at padding).
     """
     u, c, _ = pred.shape
     if not bool(valid.any()):  # nothing to reconstruct in this batch
         zero = pred.sum() * 0.0
-        return zero, zero.detach()
+        return (zero, zero.detach(), torch.zeros_like(valid, dtype=zero.dtype)) if per_entry else (zero, zero.detach())
     drop = ~valid[:, None, :]  # [U, 1, C]: padding columns are never candidates
     if labels is not None or dedup:
         not_negative = torch.zeros(u, c, c, dtype=torch.bool, device=pred.device)
@@ -120,9 +122,11 @@ def contrastive_reconstruction(
     logits = distance_logits(pred, true, alpha, beta, drop)
     target = torch.arange(c, device=pred.device).expand(u, c).masked_fill(~valid, -100)  # -100: ignored
     flat, target = logits.reshape(u * c, c), target.reshape(-1)
-    loss = F.cross_entropy(flat, target, ignore_index=-100)
-    acc = (flat.argmax(-1) == target).sum() / valid.sum()
-    return loss, acc.float().detach()
+    acc = ((flat.argmax(-1) == target).sum() / valid.sum()).float().detach()
+    if per_entry:
+        each = F.cross_entropy(flat, target, ignore_index=-100, reduction="none")
+        return each.sum() / valid.sum(), acc, each.view(u, c)
+    return F.cross_entropy(flat, target, ignore_index=-100), acc
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -14,6 +14,11 @@ K draws ``z_k = μ + σ·ε_k`` give σ a job, and a KL with the usual VAE contr
   ``v_i`` shifts every logit of row i equally, which a softmax would ignore: under BCE it buys
   margin against confusable negatives at the price of the positive, so it grows exactly when
   the row's negatives are close.
+- ``sigma_calibration``: ties the posterior's mean logσ² to the row's expected
+  reconstruction loss (a proper scoring rule for a positive mean, ``e·exp(−s) + s``, minimised
+  at ``s = log E[e | visible]``; only the spread between rows, not the overall level, which
+  stays the KL's and the reconstruction's), so ‖σ‖₁ ranks rows — and visible sets — by how
+  hard their targets are to recover.
 - ``kl_terms``: KL(N(μ, σ²) ‖ N(0, I)) averaged (the reference) or summed over dimensions,
   with optional free bits (no penalty for a dimension's batch-mean KL below a floor).
 """
@@ -45,7 +50,7 @@ def same_target(true: Tensor, valid: Tensor, labels: Tensor | None, dedup: bool)
 
 
 def mc_infonce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: Tensor,
-               labels: Tensor | None = None, dedup: bool = True) -> tuple[Tensor, Tensor]:
+               labels: Tensor | None = None, dedup: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """``−log mean_k softmax_j(α·‖f̂(z_k,i) − f_j‖ + β)[i]`` over real rows.
 
     ``pred [K, U, C, D]`` (K draws), ``true [U, C, D]``, ``valid [U, C]``; other same-label /
@@ -65,23 +70,23 @@ def mc_infonce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: T
     logp = logits.log_softmax(-1).diagonal(dim1=-2, dim2=-1).view(k, u, c)
     logp = logp.masked_fill(~valid, 0.0)  # padding rows: finite, never read
     mix = torch.logsumexp(logp, 0) - math.log(k)  # log of the mean probability over draws
-    loss = -mix[valid].mean()
+    each = -mix.masked_fill(~valid, 0.0)
     first = logits[:u]
     acc = (first.argmax(-1) == torch.arange(c, device=pred.device))[valid].float().mean()
-    return loss, acc.detach()
+    return each.sum() / valid.sum(), acc.detach(), each
 
 
 def csd_bce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: Tensor,
-            labels: Tensor | None = None, dedup: bool = True) -> tuple[Tensor, Tensor]:
+            labels: Tensor | None = None, dedup: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """PCME++-style sigmoid loss on the sampled distance ``d² = ‖f̄ − f‖² + v`` (see module doc).
 
     ``pred [K, U, C, D]``; the loss is the BCE summed over a row's real candidates, averaged
-    over real rows (a per-row scale comparable to cross-entropy).
+    over real rows (a per-row scale comparable to cross-entropy); also each entry's ``[U, C]``.
     """
     k, u, c, _ = pred.shape
     if not bool(valid.any()):
         zero = pred.sum() * 0.0
-        return zero, zero.detach()
+        return zero, zero.detach(), torch.zeros_like(valid, dtype=zero.dtype)
     pred, true = pred.float(), true.float()
     mean = pred.mean(0)  # [U, C, D]
     sq_pred = pred.pow(2).sum(-1).mean(0)  # E_k ‖f̂_k‖²  [U, C]
@@ -94,10 +99,32 @@ def csd_bce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: Tens
         target |= same
     pair_ok = valid[:, :, None] & valid[:, None, :]
     bce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
-    loss = (bce * pair_ok).sum() / valid.sum()
+    each = (bce * pair_ok).sum(-1)  # [U, C]: 0 at padding rows
     acc = (logits.masked_fill(~pair_ok, float("-inf")).argmax(-1)
            == torch.arange(c, device=pred.device))[valid].float().mean()
-    return loss, acc.detach()
+    return each.sum() / valid.sum(), acc.detach(), each
+
+
+def sigma_calibration(logvar: Tensor, entry_loss: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
+    """``mean_i [e_i·exp(−s_i) + s_i]``, ``s_i = (ℓ_i − ℓ̄) + c``: ℓ_i the row's mean logσ², ℓ̄
+    its batch mean (no gradient), ``e_i`` the row's mean reconstruction loss over its targets
+    (detached), c the best offset in closed form (no gradient). The optimum is
+    ``ℓ_i − ℓ̄ = log E[e_i | visible] − const``: the term shapes how σ *varies* between rows
+    and leaves its overall level to the KL and the reconstruction (a learned offset would let
+    the level chase the loss instead). ``entry_loss``/``rows``/``valid``: ``[U, C]`` loss, row
+    and realness of each (modality, row) entry; rows with no target are left out."""
+    b = logvar.shape[0]
+    total = logvar.new_zeros(b).index_add(0, rows[valid], entry_loss.detach()[valid].float())
+    count = logvar.new_zeros(b).index_add(0, rows[valid], torch.ones_like(entry_loss[valid], dtype=logvar.dtype))
+    has = count > 0
+    if int(has.sum()) < 2:
+        return logvar.sum() * 0.0
+    err = (total[has] / count[has]).clamp_min(1e-6)
+    ell = logvar[has].mean(-1)
+    d = ell - ell.detach().mean()
+    c = torch.log(torch.mean(err * torch.exp(-d.detach())))
+    s = d + c
+    return (err * torch.exp(-s) + s).mean()
 
 
 def kl_terms(mu: Tensor, logvar: Tensor, reduction: str = "mean", free_bits: float = 0.0) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from prom3e.models.grouped import ModalityMLP, group_pairs
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
-from prom3e.models.objectives import clip_share, csd_bce, kl_terms, mc_infonce
+from prom3e.models.objectives import clip_share, csd_bce, kl_terms, mc_infonce, sigma_calibration
 
 N_SPECIAL = 2  # [mu], [logvar]
 
@@ -52,6 +52,9 @@ class Prom3eConfig:
     n_draws: int = 1  # posterior draws per row and step
     kl_reduction: str = "mean"  # KL over dims: "mean" (the reference) or "sum" (the VAE's)
     free_bits: float = 0.0  # per-dimension KL floor (nats), 0 = off
+    # weight of the term tying each row's mean logσ² to its expected reconstruction loss
+    # (objectives.sigma_calibration); 0 = off
+    sigma_calibration: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,8 +181,9 @@ class Prom3e(nn.Module):
             raise ValueError(f"recon_loss must be infonce, mc_infonce or csd_bce, not {cfg.recon_loss!r}")
         if cfg.kl_reduction not in ("mean", "sum"):
             raise ValueError(f"kl_reduction must be mean or sum, not {cfg.kl_reduction!r}")
-        if cfg.n_draws < 1 or cfg.free_bits < 0:
-            raise ValueError("n_draws must be ≥ 1 and free_bits ≥ 0")
+        if cfg.n_draws < 1 or cfg.free_bits < 0 or cfg.sigma_calibration < 0:
+            raise ValueError("n_draws must be ≥ 1, free_bits and sigma_calibration ≥ 0")
+
         if cfg.posterior_head == "affine":
             self.logvar_scale = nn.Parameter(torch.full((e,), 0.1))
             self.logvar_shift = nn.Parameter(torch.full((e,), cfg.init_logvar))
@@ -303,12 +307,14 @@ class Prom3e(nn.Module):
         pick = g.rows[g.index]  # [U, C] row of each buffer position (padding: a copy, masked by valid)
         true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
         lab = labels[pick] if labels is not None else None
+        calibrate = cfg.sigma_calibration > 0
         if cfg.recon_loss == "infonce" and cfg.n_draws == 1:  # the reference objective
             z = self.sample(post, 1, noise=noise)[0]
             pred = F.normalize(self.decode_mlp(z[pick], g.used).float(), dim=-1)
-            recon, acc = contrastive_reconstruction(
-                pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup
+            out = contrastive_reconstruction(
+                pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup, per_entry=calibrate
             )
+            recon, acc, each = out if calibrate else (*out, None)
         else:
             k = cfg.n_draws
             z = self.sample(post, k, noise=noise)  # [K, B, E]
@@ -317,12 +323,17 @@ class Prom3e(nn.Module):
             pred = F.normalize(self.decode_mlp(zk, g.used).float(), dim=-1)
             pred = pred.view(u, k, c, -1).transpose(0, 1)  # [K, U, C, D]
             loss_fn = csd_bce if cfg.recon_loss == "csd_bce" else mc_infonce
-            recon, acc = loss_fn(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup)
+            recon, acc, each = loss_fn(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup)
         if cfg.kl_reduction == "mean" and cfg.free_bits == 0:
             kl = kl_divergence(post.mu, post.logvar)
         else:
             kl = kl_terms(post.mu, post.logvar, cfg.kl_reduction, cfg.free_bits)
         loss = recon + kl_weight * kl
-        return loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(),
-                      "acc": acc, "sigma_l1": post.sigma_l1.mean().detach(),
-                      "logvar_clip_share": clip_share(post.logvar, cfg.logvar_clip)}
+        stats = {"recon": recon.detach(), "kl": kl.detach(), "acc": acc,
+                 "sigma_l1": post.sigma_l1.mean().detach(),
+                 "logvar_clip_share": clip_share(post.logvar, cfg.logvar_clip)}
+        if calibrate:
+            cal = sigma_calibration(post.logvar, each, pick, g.valid)
+            loss = loss + cfg.sigma_calibration * cal
+            stats["sigma_calibration"] = cal.detach()
+        return loss, {"loss": loss.detach(), **stats}

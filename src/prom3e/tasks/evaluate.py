@@ -448,7 +448,19 @@ def _uncertainty(run: _Run, test: _Split, subsets, next_sets, bar) -> tuple[dict
     for k in sorted({len(s) for s in subsets}):
         vals = [np.nanmean(v) for s, v in sig.items() if len(s) == k and np.isfinite(v).any()]
         by_size[str(k)] = float(np.mean(vals)) if vals else None
+    clip = getattr(getattr(getattr(run.fuser, "model", None), "cfg", None), "logvar_clip", None)
+    shares = []
+    if clip is not None:  # logσ² of every single-modality posterior on the test rows
+        for m in run.mods:
+            r = unc.rows_with(run.table, test.rows, (m,))
+            if len(r):
+                shares.append(unc.clip_share(run.fuser.encode(run.table.take(r), visible=[m],
+                                                              batch_size=run.batch_size).logvar, clip))
+    red = [r["actual_reduction"] > 0 for n in nxt for r in n["ranking"] if r["actual_reduction"] is not None]
+    per_pair = [spearman(c["sigma"], c["rank"]) for c in run.calib]
     metrics = {
+        "check": unc.sigma_check(float(np.mean(shares)) if shares else None, mean_or_none(red),
+                                 mean_or_none(per_pair)),
         "subsets": unc.summarize_subsets(sig),
         "mean_sigma_l1_by_size": by_size,
         "next": [{k: v for k, v in n.items() if not k.startswith("_")} for n in nxt],
