@@ -33,8 +33,10 @@ OUT = HERE / "out" / "stage2"
 
 # Every variant is a set of TrainConfig options on top of the base model's current defaults;
 # "model_overrides" reach Prom3eConfig (the objective lives there).
-REF = {"recon_loss": "infonce", "n_draws": 1, "kl_reduction": "mean", "free_bits": 0.0, "sigma_calibration": 0.0}
+REF = {"recon_loss": "infonce", "n_draws": 1, "kl_reduction": "mean", "free_bits": 0.0, "sigma_calibration": 0.0,
+       "posterior_head": "linear"}
 MC = {**REF, "recon_loss": "mc_infonce", "n_draws": 4, "kl_reduction": "sum"}  # + KL sum
+P = {**MC, "posterior_head": "poe"}
 VARIANTS: dict[str, dict] = {
     "ref": {"model_overrides": dict(REF)},
     "kl_mean_1e-2": {"kl_weight": 1e-2, "model_overrides": dict(REF)},
@@ -58,6 +60,31 @@ VARIANTS: dict[str, dict] = {
     "mc4_kl_sum_1e-3_ep60": {"epochs": 60, "model_overrides": dict(MC)},
     "mc4_kl_sum_1e-3_lr3e-3": {"lr": 3e-3, "model_overrides": dict(MC)},
     "mc4_kl_sum_1e-3_vis532": {"visible_probs": [0.5, 0.3, 0.2], "model_overrides": dict(MC)},
+    "kl_sum_1e-4": {"kl_weight": 1e-4, "model_overrides": {**REF, "kl_reduction": "sum"}},
+    "kl_sum_1e-4_cal": {"kl_weight": 1e-4, "model_overrides": {**REF, "kl_reduction": "sum", "sigma_calibration": 1.0}},
+    "mc4_kl_sum_1e-4": {"kl_weight": 1e-4, "model_overrides": dict(MC)},
+    "mc4_kl_sum_1e-4_cal": {"kl_weight": 1e-4, "model_overrides": {**MC, "sigma_calibration": 1.0}},
+    "csd4_kl_sum_1e-4": {"kl_weight": 1e-4, "model_overrides": {**MC, "recon_loss": "csd_bce"}},
+    "csd4_kl_sum_1e-4_cal": {"kl_weight": 1e-4, "model_overrides": {**MC, "recon_loss": "csd_bce",
+                                                                      "sigma_calibration": 1.0}},
+    "poe_kl_sum_1e-4": {"kl_weight": 1e-4, "model_overrides": {**REF, "kl_reduction": "sum", "posterior_head": "poe"}},
+    "poe_mc4": {"model_overrides": {**MC, "kl_reduction": "mean", "posterior_head": "poe"}},
+    "poe_mc4_kl_sum_1e-3": {"model_overrides": {**MC, "posterior_head": "poe"}},
+    "poe_mc4_kl_sum_1e-4": {"kl_weight": 1e-4, "model_overrides": {**MC, "posterior_head": "poe"}},
+    "poe_mc4_kl_sum_1e-4_cal": {"kl_weight": 1e-4,
+                                "model_overrides": {**MC, "posterior_head": "poe", "sigma_calibration": 1.0}},
+    "poe_csd4_kl_sum_1e-4": {"kl_weight": 1e-4,
+                             "model_overrides": {**MC, "recon_loss": "csd_bce", "posterior_head": "poe"}},
+    # on top of the PoE posterior + 4-draw InfoNCE + KL sum at 1e-4 ("poe_mc4_kl_sum_1e-4")
+    "P_recon_all": {"kl_weight": 1e-4, "reconstruct_all": True, "model_overrides": dict(P)},
+    "P_ep60": {"kl_weight": 1e-4, "epochs": 60, "model_overrides": dict(P)},
+    "P_lr3e-3": {"kl_weight": 1e-4, "lr": 3e-3, "model_overrides": dict(P)},
+    "P_large": {"kl_weight": 1e-4, "model": "large", "model_overrides": dict(P)},
+    "P_vis532": {"kl_weight": 1e-4, "visible_probs": [0.5, 0.3, 0.2], "model_overrides": dict(P)},
+    "P_no_label": {"kl_weight": 1e-4, "label_column": None, "model_overrides": dict(P)},
+    "P_mc8": {"kl_weight": 1e-4, "model_overrides": {**P, "n_draws": 8}},
+    "P_kl1e-3_fb": {"model_overrides": {**P, "free_bits": 0.1}},
+    "P_infonce": {"kl_weight": 1e-4, "model_overrides": {**P, "recon_loss": "infonce", "n_draws": 1}},
     "recon_all": {"reconstruct_all": True, "model_overrides": dict(REF)},
     "no_label": {"label_column": None, "model_overrides": dict(REF)},
     "epochs60": {"epochs": 60, "model_overrides": dict(REF)},
@@ -65,7 +92,8 @@ VARIANTS: dict[str, dict] = {
     "large": {"model": "large", "model_overrides": dict(REF)},
     "defaults": {},  # whatever the base config's defaults are now
 }
-DECODE = {"ref_decode10": ("ref", 10)}  # variant evaluated with reconstructions from 10 draws
+# a variant evaluated with reconstructions averaged over 10 posterior draws instead of decoded from μ
+DECODE = {"ref_decode10": ("ref", 10), "P_decode10": ("poe_mc4_kl_sum_1e-4", 10)}
 
 
 def ucsc_tables(out: Path) -> tuple[Path, Path]:
@@ -133,6 +161,27 @@ def done_runs(log: Path) -> dict[tuple, dict]:
     return out
 
 
+KEYS = ("spearman_sigma_rank_mean", "frac_sigma_drops", "clip_share", "frac_recon_ge_cross", "r1_cross_mean",
+        "r1_reconstruction_mean", "r1_inversion_mean", "frac_zs_pair_beats_single", "zs_top1_inversion_mean",
+        "frac_probe_pair_ge_raw", "probe_pair_gap_mean", "probe_acc_raw_mean", "probe_acc_mu_mean",
+        "sigma_l1_by_size")
+
+
+def publish(log: Path) -> Path:
+    """``experiments/results/stage2_ablation.json``: every logged run's summary, compact."""
+    from docgen import save_result
+
+    runs = []
+    for r in done_runs(log).values():
+        sm = r["summary"]
+        runs.append({"dataset": r["dataset"], "variant": r["variant"], "seed": r["seed"], "full": r.get("full", True),
+                     "epochs": r["train"]["epochs"], "parameters": r["train"]["parameters"],
+                     "options": r["options"], "wall_s": r["wall_s"], "seconds": r["seconds"],
+                     **{k: sm.get(k) for k in KEYS}, "probe": sm.get("probe")})
+    runs.sort(key=lambda r: (r["dataset"], r["full"], r["variant"], r["seed"]))
+    return save_result("stage2_ablation", {"runs": runs, "variants": VARIANTS, "decode": DECODE})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="birdclef22")
@@ -167,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{_f(sm['frac_sigma_drops'])}  clip {_f(sm['clip_share'])}  recon≥cross "
                       f"{_f(sm['frac_recon_ge_cross'])}  inv R@1 {_f(sm['r1_inversion_mean'])}  probe pair≥raw "
                       f"{_f(sm.get('frac_probe_pair_ge_raw'))} ({rec['wall_s']:.0f}s)", flush=True)
+    if args.publish:
+        print(f"wrote {publish(log)}")
     return 0
 
 

@@ -130,11 +130,12 @@ def test_sample_visible_respects_presence_and_counts():
 
 OBJECTIVES = [{}, {"recon_loss": "mc_infonce", "n_draws": 3}, {"recon_loss": "csd_bce", "n_draws": 2},
               {"kl_reduction": "sum", "free_bits": 0.05}, {"sigma_calibration": 0.5},
-              {"recon_loss": "mc_infonce", "n_draws": 2, "sigma_calibration": 1.0}]
+              {"recon_loss": "mc_infonce", "n_draws": 2, "sigma_calibration": 1.0},
+              {"posterior_head": "poe", "recon_loss": "mc_infonce", "n_draws": 2, "kl_reduction": "sum"}]
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES,
-                         ids=["default", "mc_infonce", "csd_bce", "kl_sum_fb", "calibrated", "mc_calibrated"])
+                         ids=["default", "mc_infonce", "csd_bce", "kl_sum_fb", "calibrated", "mc_calibrated", "poe"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_named_config_runs_forward_backward(name, objective, tmp_path):
     from prom3e.train import checkpoint as ckpt
@@ -200,3 +201,20 @@ def test_loss_handles_a_batch_with_nothing_to_reconstruct():
     loss, _ = model(x, present, torch.zeros_like(present))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_poe_posterior_adding_a_modality_lowers_every_sigma():
+    torch.manual_seed(0)
+    model = Prom3e(named_config("tiny", MODS, [16] * 4, posterior_head="poe")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # away from the initial values
+    x, _ = batch(b=16)
+    one = torch.zeros(16, 4, dtype=torch.bool)
+    one[:, 0] = True
+    two = one.clone()
+    two[:, 2] = True
+    with torch.no_grad():
+        a, b = model.encode(x, one), model.encode(x, two)
+    assert (b.logvar <= a.logvar).all() and (b.sigma_l1 < a.sigma_l1).all()  # one more expert: more precision
+    assert torch.isfinite(a.logvar).all() and (a.logvar.abs() <= model.cfg.logvar_clip).all()

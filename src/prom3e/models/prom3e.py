@@ -42,7 +42,10 @@ class Prom3eConfig:
     # How logσ² is read off the [logvar] output. "none" (the reference): the post-LayerNorm
     # token itself, whose scale the shared LN fixes, so σ stays near 1 and the noise swamps
     # the unit-norm μ. "affine": a learned per-dimension scale and shift (+2E parameters),
-    # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar].
+    # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar]. "poe": μ as
+    # "linear"; σ as a product of Gaussian experts — 1/σ² = prior precision + Σ over the visible
+    # modalities of a precision read off each modality's own token — so adding a modality can
+    # only lower σ, and how much it lowers it is learned per modality and per input.
     posterior_head: str = "linear"
     init_logvar: float = -4.0
     # The training objective (models/objectives.py). recon_loss: "infonce" (the reference: one
@@ -175,8 +178,8 @@ class Prom3e(nn.Module):
         # contrastive reconstruction logits = α·distance + β, α < 0 kept by construction
         self.alpha_raw = nn.Parameter(torch.full((m,), math.log(math.expm1(5.0))))  # α = −5
         self.beta = nn.Parameter(torch.full((m,), 5.0))
-        if cfg.posterior_head not in ("none", "affine", "linear"):
-            raise ValueError(f"posterior_head must be none, affine or linear, not {cfg.posterior_head!r}")
+        if cfg.posterior_head not in ("none", "affine", "linear", "poe"):
+            raise ValueError(f"posterior_head must be none, affine, linear or poe, not {cfg.posterior_head!r}")
         if cfg.recon_loss not in ("infonce", "mc_infonce", "csd_bce"):
             raise ValueError(f"recon_loss must be infonce, mc_infonce or csd_bce, not {cfg.recon_loss!r}")
         if cfg.kl_reduction not in ("mean", "sum"):
@@ -193,6 +196,14 @@ class Prom3e(nn.Module):
             with torch.no_grad():
                 self.logvar_head.weight.mul_(0.1)
                 self.logvar_head.bias.fill_(cfg.init_logvar)
+        elif cfg.posterior_head == "poe":
+            self.mu_head = nn.Linear(e, e)
+            self.precision_head = nn.Linear(e, e)  # log-precision of each visible modality's expert
+            # prior and one expert each start at half the precision exp(−init_logvar)
+            self.log_prior_precision = nn.Parameter(torch.full((e,), -cfg.init_logvar - math.log(2)))
+            with torch.no_grad():
+                self.precision_head.weight.mul_(0.1)
+                self.precision_head.bias.fill_(-cfg.init_logvar - math.log(2))
 
     @property
     def alpha(self) -> Tensor:
@@ -222,6 +233,7 @@ class Prom3e(nn.Module):
         p = self.prefix.shape[0]
         n_keep = p if hidden else N_SPECIAL
         prefix: Tensor = self.prefix.to(seq.dtype)
+        first_seq = seq  # each visible modality's own token (the PoE experts read it)
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             out = blk(prefix, seq, rest_ok, n_keep if last else None)
@@ -231,6 +243,11 @@ class Prom3e(nn.Module):
             lv_out = lv_out * self.logvar_scale + self.logvar_shift
         elif self.cfg.posterior_head == "linear":
             mu_out, lv_out = self.mu_head(mu_out), self.logvar_head(lv_out)
+        elif self.cfg.posterior_head == "poe":
+            mu_out = self.mu_head(mu_out)
+            log_prec = self.precision_head(first_seq).float().masked_fill(~rest_ok[..., None], float("-inf"))
+            log_prec = torch.cat([self.log_prior_precision.expand(b, 1, -1), log_prec], 1)
+            lv_out = -torch.logsumexp(log_prec, 1)  # logσ² = −log(prior + Σ experts' precisions)
         mu = F.normalize(mu_out.float(), dim=-1)
         c = self.cfg.logvar_clip
         logvar = c * torch.tanh(lv_out.float() / c)  # smooth clip: finite KL, live gradient
