@@ -34,7 +34,7 @@ OUT = HERE / "out" / "stage2"
 # Every variant is a set of TrainConfig options on top of the base model's current defaults;
 # "model_overrides" reach Prom3eConfig (the objective lives there).
 REF = {"recon_loss": "infonce", "n_draws": 1, "kl_reduction": "mean", "free_bits": 0.0, "sigma_calibration": 0.0,
-       "posterior_head": "linear"}
+       "posterior_head": "linear", "draw_mean": False, "poe_detach": False, "mu_loss": 0.0, "logvar_clip": 8.0}
 MC = {**REF, "recon_loss": "mc_infonce", "n_draws": 4, "kl_reduction": "sum"}  # + KL sum
 P = {**MC, "posterior_head": "poe"}
 VARIANTS: dict[str, dict] = {
@@ -85,6 +85,20 @@ VARIANTS: dict[str, dict] = {
     "P_mc8": {"kl_weight": 1e-4, "model_overrides": {**P, "n_draws": 8}},
     "P_kl1e-3_fb": {"model_overrides": {**P, "free_bits": 0.1}},
     "P_infonce": {"kl_weight": 1e-4, "model_overrides": {**P, "recon_loss": "infonce", "n_draws": 1}},
+    "P_draw_mean": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True}},
+    "P_draw_mean_kl1e-3": {"model_overrides": {**P, "draw_mean": True}},
+    "mc4_draw_mean_kl_sum_1e-3": {"model_overrides": {**MC, "draw_mean": True}},
+    "mc4_draw_mean_kl_sum_1e-4": {"kl_weight": 1e-4, "model_overrides": {**MC, "draw_mean": True}},
+    # PoE experts on detached tokens
+    "Pd_draw_mean": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "poe_detach": True}},
+    "Pd_draw_mean_kl1e-3": {"model_overrides": {**P, "draw_mean": True, "poe_detach": True}},
+    "P_mu1": {"kl_weight": 1e-4, "model_overrides": {**P, "mu_loss": 1.0}},
+    "P_mu1_kl1e-3": {"model_overrides": {**P, "mu_loss": 1.0}},
+    "P_dm_mu1": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0}},
+    "P_dm_mu1_kl1e-3": {"model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0}},
+    "P_dm_mu1_clip12": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
+                                                                 "logvar_clip": 12.0}},
+    "P_dm_mu1_kl3e-4": {"kl_weight": 3e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0}},
     "recon_all": {"reconstruct_all": True, "model_overrides": dict(REF)},
     "no_label": {"label_column": None, "model_overrides": dict(REF)},
     "epochs60": {"epochs": 60, "model_overrides": dict(REF)},
@@ -131,6 +145,8 @@ def run_one(dataset: str, variant: str, seed: int, epochs: int | None, threads: 
     if variant in DECODE:
         name, draws = DECODE[variant]
     options = json.loads(json.dumps(VARIANTS[name]))
+    if name != "defaults":  # every other variant is pinned to the weight it was run with
+        options.setdefault("kl_weight", 1e-3)
     if epochs is not None and "epochs" not in options:
         options["epochs"] = epochs
     out = OUT / dataset / f"{variant}_s{seed}{'_full' if full else ''}"

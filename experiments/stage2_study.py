@@ -99,8 +99,11 @@ def baseline_probes(raw, aligned, y, split, sets, cache: Path, max_train: int | 
 
 
 def model_probes(fuser, table, y, split, sets, kinds=("mu", "tokens"), max_train: int | None = None) -> dict:
+    """μ (and all-token) probes per visible set; the tokens (6·E-d) only for 2-modality sets."""
     out = {}
+    all_kinds = kinds
     for s in sets:
+        kinds = all_kinds if len(s) > 1 else tuple(k for k in all_kinds if k != "tokens")
         r = _parts(table, split, y, s, max_train)
         rows = np.concatenate([r["train"], r["val"], r["test"]])
         post = fuser.encode(table.take(rows), visible=list(s), hidden="tokens" in kinds)
@@ -236,8 +239,8 @@ def run_study(aligned: Path, features: Path | None, out: Path, label: str, class
               decode_draws: int = 0) -> dict:
     """Train ``options`` on the table's train split, evaluate on test; return the result.
 
-    ``full``: the whole evaluation (uncertainty study included) and probes on μ and tokens over
-    every training row; otherwise (the ablation sweep) retrieval + zero-shot, ‖σ‖₁ drops from
+    ``full``: the whole evaluation (uncertainty study included) and probes on μ (and the tokens,
+    for 2-modality sets) over every training row; otherwise (the ablation sweep) retrieval + zero-shot, ‖σ‖₁ drops from
     ``sigma_by_subset`` and μ probes of the 2-modality sets on ≤ 4000 training rows (the raw
     baselines then use the same rows)."""
     import torch

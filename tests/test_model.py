@@ -46,7 +46,8 @@ def test_shapes_and_unit_norm():
 def test_decode_mean_is_the_mean_of_decoded_draws(dims):
     """The draw-at-a-time decoder equals decoding all draws in one pass and averaging."""
     model = make(dims=dims)
-    model.logvar_head.bias.data.fill_(-1.0)  # visible noise, so the draws differ
+    model.log_prior_precision.data.fill_(1.0)  # visible noise (σ² ≈ 1/(2e)), so the draws differ
+    model.precision_head.bias.data.fill_(1.0)
     post = model.encode(*batch(dims=dims))
     mods = [3, 1]
     mean, draws = model.decode_mean(post, mods, 4, torch.Generator().manual_seed(5), keep_draws=True)
@@ -130,8 +131,9 @@ def test_sample_visible_respects_presence_and_counts():
 
 OBJECTIVES = [{}, {"recon_loss": "mc_infonce", "n_draws": 3}, {"recon_loss": "csd_bce", "n_draws": 2},
               {"kl_reduction": "sum", "free_bits": 0.05}, {"sigma_calibration": 0.5},
-              {"recon_loss": "mc_infonce", "n_draws": 2, "sigma_calibration": 1.0},
-              {"posterior_head": "poe", "recon_loss": "mc_infonce", "n_draws": 2, "kl_reduction": "sum"}]
+              {"recon_loss": "mc_infonce", "n_draws": 2, "sigma_calibration": 1.0, "mu_loss": 0.5},
+              {"posterior_head": "poe", "recon_loss": "mc_infonce", "n_draws": 2, "kl_reduction": "sum",
+               "draw_mean": True, "poe_detach": True}]
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES,

@@ -47,12 +47,17 @@ class Prom3eConfig:
     # modalities of a precision read off each modality's own token — so adding a modality can
     # only lower σ, and how much it lowers it is learned per modality and per input.
     posterior_head: str = "linear"
+    # "poe" only: the experts read each modality's token without steering it (no gradient from
+    # σ's objectives into the shared projectors, which then serve μ alone)
+    poe_detach: bool = False
     init_logvar: float = -4.0
     # The training objective (models/objectives.py). recon_loss: "infonce" (the reference: one
     # draw, softmax over the batch), "mc_infonce" (−log of the mean probability over n_draws
     # draws) or "csd_bce" (PCME++'s sigmoid loss on the sampled distance over n_draws draws).
     recon_loss: str = "infonce"
     n_draws: int = 1  # posterior draws per row and step
+    draw_mean: bool = False  # the first of the n_draws draws is μ itself: a noise-free path for the decoders
+    mu_loss: float = 0.0  # weight of an extra one-draw loss (recon_loss's form) on μ itself: keeps μ sharp
     kl_reduction: str = "mean"  # KL over dims: "mean" (the reference) or "sum" (the VAE's)
     free_bits: float = 0.0  # per-dimension KL floor (nats), 0 = off
     # weight of the term tying each row's mean logσ² to its expected reconstruction loss
@@ -63,14 +68,20 @@ class Prom3eConfig:
         return asdict(self)
 
 
+# The objective of the study in docs/STAGE2.md (the reference's is the dataclass default): σ from a
+# product of per-modality experts, a 4-draw mixture likelihood with μ as one of the draws plus a
+# loss on μ, the KL summed over dimensions, logσ² clipped at ±12.
+OBJECTIVE = dict(posterior_head="poe", recon_loss="mc_infonce", n_draws=4, draw_mean=True, mu_loss=1.0,
+                 kl_reduction="sum", logvar_clip=12.0)
+
 # Named configs: architecture and objective; modalities and dims come from the data.
 CONFIGS: dict[str, dict] = {
-    "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2),
-    "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4),
-    # the reference architecture exactly (27.3 M at 6 × 512-d), its posterior read-out included
+    "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2, **OBJECTIVE),
+    "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4, **OBJECTIVE),
+    # the reference architecture exactly (27.3 M at 6 × 512-d), its posterior read-out and objective included
     "paper": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, posterior_head="none"),
-    # the paper's shapes with our posterior heads (+2.1 M): the recommended large model
-    "large": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4),
+    # the paper's shapes with this study's posterior and objective: the recommended large model
+    "large": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, **OBJECTIVE),
 }
 
 
@@ -184,8 +195,8 @@ class Prom3e(nn.Module):
             raise ValueError(f"recon_loss must be infonce, mc_infonce or csd_bce, not {cfg.recon_loss!r}")
         if cfg.kl_reduction not in ("mean", "sum"):
             raise ValueError(f"kl_reduction must be mean or sum, not {cfg.kl_reduction!r}")
-        if cfg.n_draws < 1 or cfg.free_bits < 0 or cfg.sigma_calibration < 0:
-            raise ValueError("n_draws must be ≥ 1, free_bits and sigma_calibration ≥ 0")
+        if cfg.n_draws < 1 or cfg.free_bits < 0 or cfg.sigma_calibration < 0 or cfg.mu_loss < 0:
+            raise ValueError("n_draws must be ≥ 1, free_bits, sigma_calibration and mu_loss ≥ 0")
 
         if cfg.posterior_head == "affine":
             self.logvar_scale = nn.Parameter(torch.full((e,), 0.1))
@@ -245,7 +256,8 @@ class Prom3e(nn.Module):
             mu_out, lv_out = self.mu_head(mu_out), self.logvar_head(lv_out)
         elif self.cfg.posterior_head == "poe":
             mu_out = self.mu_head(mu_out)
-            log_prec = self.precision_head(first_seq).float().masked_fill(~rest_ok[..., None], float("-inf"))
+            expert_in = first_seq.detach() if self.cfg.poe_detach else first_seq
+            log_prec = self.precision_head(expert_in).float().masked_fill(~rest_ok[..., None], float("-inf"))
             log_prec = torch.cat([self.log_prior_precision.expand(b, 1, -1), log_prec], 1)
             lv_out = -torch.logsumexp(log_prec, 1)  # logσ² = −log(prior + Σ experts' precisions)
         mu = F.normalize(mu_out.float(), dim=-1)
@@ -325,22 +337,31 @@ class Prom3e(nn.Module):
         true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
         lab = labels[pick] if labels is not None else None
         calibrate = cfg.sigma_calibration > 0
-        if cfg.recon_loss == "infonce" and cfg.n_draws == 1:  # the reference objective
+        if cfg.recon_loss == "infonce" and cfg.n_draws == 1 and not cfg.draw_mean and not cfg.mu_loss:  # reference
             z = self.sample(post, 1, noise=noise)[0]
             pred = F.normalize(self.decode_mlp(z[pick], g.used).float(), dim=-1)
             out = contrastive_reconstruction(
                 pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup, per_entry=calibrate
             )
             recon, acc, each = out if calibrate else (*out, None)
+        elif pick.numel() == 0:  # nothing to reconstruct in this batch
+            recon = post.mu.sum() * 0.0
+            acc, each = recon.detach(), recon.new_zeros(pick.shape)
         else:
             k = cfg.n_draws
             z = self.sample(post, k, noise=noise)  # [K, B, E]
+            if cfg.draw_mean:
+                z = torch.cat([post.mu[None], z[1:]])
             u, c = pick.shape
             zk = z[:, pick].permute(1, 0, 2, 3).reshape(u, k * c, -1)  # draws side by side per group
             pred = F.normalize(self.decode_mlp(zk, g.used).float(), dim=-1)
             pred = pred.view(u, k, c, -1).transpose(0, 1)  # [K, U, C, D]
             loss_fn = csd_bce if cfg.recon_loss == "csd_bce" else mc_infonce
             recon, acc, each = loss_fn(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup)
+            if cfg.mu_loss > 0:
+                pred_mu = F.normalize(self.decode_mlp(post.mu[pick], g.used).float(), dim=-1)[None]
+                recon = recon + cfg.mu_loss * loss_fn(pred_mu, true, g.valid, self.alpha[g.used], self.beta[g.used],
+                                                      lab, dedup)[0]
         if cfg.kl_reduction == "mean" and cfg.free_bits == 0:
             kl = kl_divergence(post.mu, post.logvar)
         else:

@@ -38,7 +38,7 @@ class TrainConfig:
     eps: float = 1e-6
     warmup_steps: int = 50
     restart_epochs: int = 0  # cosine warm restarts every T₀ epochs; 0 = one cosine over the run
-    kl_weight: float = 1e-3
+    kl_weight: float = 1e-4  # λ: the reference's packaged config (its code: 1e-3); see docs/STAGE2.md
     kl_warmup_epochs: int = 0  # β-annealing: the KL weight ramps linearly from 0 over these epochs
     noise: str = "dim"  # per-dimension ε ("dim") or the reference's one ε per row ("scalar")
     visible_probs: tuple[float, ...] = (0.9, 0.1)  # P(1 visible), P(2 visible), …
