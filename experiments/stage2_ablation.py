@@ -98,6 +98,11 @@ VARIANTS: dict[str, dict] = {
     "P_dm_mu1_kl1e-3": {"model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0}},
     "P_dm_mu1_clip12": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
                                                                  "logvar_clip": 12.0}},
+    # + the heteroscedastic calibration of σ to the row's (detached) reconstruction loss
+    "P_dm_mu1_clip12_cal1": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
+                                                                      "logvar_clip": 12.0, "sigma_calibration": 1.0}},
+    "P_dm_mu1_clip12_cal5": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
+                                                                      "logvar_clip": 12.0, "sigma_calibration": 5.0}},
     "P_dm_mu1_kl3e-4": {"kl_weight": 3e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0}},
     "recon_all": {"reconstruct_all": True, "model_overrides": dict(REF)},
     "no_label": {"label_column": None, "model_overrides": dict(REF)},
@@ -179,7 +184,8 @@ def done_runs(log: Path) -> dict[tuple, dict]:
 
 KEYS = ("spearman_sigma_rank_mean", "frac_sigma_drops", "clip_share", "frac_recon_ge_cross", "r1_cross_mean",
         "r1_reconstruction_mean", "r1_inversion_mean", "frac_zs_pair_beats_single", "zs_top1_inversion_mean",
-        "frac_probe_pair_ge_raw", "probe_pair_gap_mean", "probe_acc_raw_mean", "probe_acc_mu_mean",
+        "frac_probe_pair_ge_raw", "probe_pair_gap_mean", "frac_probe_mu_pair_ge_raw", "frac_probe_skip_pair_ge_raw",
+        "probe_skip_gap_mean", "probe_acc_raw_mean", "probe_acc_mu_mean",
         "sigma_l1_by_size")
 
 
