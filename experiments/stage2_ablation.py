@@ -103,6 +103,8 @@ VARIANTS: dict[str, dict] = {
                                                                       "logvar_clip": 12.0, "sigma_calibration": 1.0}},
     "P_dm_mu1_clip12_cal5": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
                                                                       "logvar_clip": 12.0, "sigma_calibration": 5.0}},
+    "P_dm_mu1_clip12_cal20": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
+                                                                       "logvar_clip": 12.0, "sigma_calibration": 20.0}},
     "P_dm_mu1_kl3e-4": {"kl_weight": 3e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0}},
     "recon_all": {"reconstruct_all": True, "model_overrides": dict(REF)},
     "no_label": {"label_column": None, "model_overrides": dict(REF)},
