@@ -134,3 +134,61 @@ def test_efficientnet_encoder_on_real_photos(tmp_path):
     logits = _load_effnet(None, "cpu")._fc(torch.from_numpy(x[:3]))
     assert logits.argmax(1).tolist() == [967, 285, 657]  # espresso, Egyptian cat, missile
     assert load_image(data.camera()[..., None].repeat(3, 2)).shape == (3, 224, 224)
+
+
+def test_time_of_day_encoder():
+    enc = get_encoder("time_of_day")
+    assert enc.dim == 2 and enc.input_kind == "time"
+    import datetime as dt
+
+    x = enc.encode(["06:00", "6:00am", "18:00", "6:00 pm", "0:00", "23:59", dt.time(12, 0), 720,
+                    "?", "?:?", "pm", "25:00", "12:61", "13:00pm", "", None])
+    np.testing.assert_allclose(x[0], [1.0, 0.0], atol=1e-6)  # a quarter of the day
+    np.testing.assert_array_equal(x[0], x[1])
+    np.testing.assert_array_equal(x[2], x[3])
+    np.testing.assert_allclose(x[2], [-1.0, 0.0], atol=1e-6)
+    assert np.linalg.norm(x[4] - x[5]) < 0.01  # midnight's neighbours are neighbours
+    np.testing.assert_allclose(x[6], [0.0, -1.0], atol=1e-6)
+    np.testing.assert_array_equal(x[6], x[7])
+    assert np.isnan(x[8:]).all()  # odd values are missing, never zero
+    assert get_encoder("time_of_day", harmonics=3).encode(["08:30"]).shape == (1, 6)
+    with pytest.raises(Prom3eError, match="harmonics"):
+        get_encoder("time_of_day", harmonics=0)
+
+
+def test_list_parsing_and_multi_hot_encoder():
+    from prom3e.encoders.lists import is_empty_list, parse_list
+
+    assert parse_list("['Call', 'flight  call', 'call']") == ["call", "flight call"]
+    assert parse_list('["song"]') == ["song"] and parse_list(["b", "a"]) == ["a", "b"]
+    assert parse_list("[]") is None and parse_list("-") is None and parse_list("['']") is None
+    assert parse_list("[unclosed") is None and parse_list(None) is None
+    assert is_empty_list("[]") and is_empty_list("['']") and is_empty_list([]) and not is_empty_list("-")
+    enc = get_encoder("multi_hot", vocabulary=["houspa", "iiwi", "apapan"])
+    assert enc.dim == 4
+    x = enc.encode(["['houspa', 'zzz']", "['IIWI']", "[]", "-", ["apapan", "iiwi"]])
+    np.testing.assert_allclose(x[0], [0, 1, 0, 1] / np.sqrt(2), atol=1e-6)  # sorted vocab + 'other'
+    np.testing.assert_allclose(x[1], [0, 0, 1, 0])
+    assert np.isnan(x[2:4]).all()
+    np.testing.assert_allclose(np.linalg.norm(x[4]), 1.0, atol=1e-6)
+    hashed = get_encoder("multi_hot", dim=64)
+    a, b = hashed.encode(["['houspa', 'iiwi']"]), get_encoder("multi_hot", dim=64).encode([["iiwi", "houspa"]])
+    np.testing.assert_array_equal(a, b)  # stable hashing, order-free
+    with pytest.raises(Prom3eError, match="vocabulary is empty"):
+        get_encoder("multi_hot", vocabulary=[""])
+
+
+@needs_text
+def test_minilm_list_encoder():
+    mean, join = get_encoder("minilm_list"), get_encoder("minilm_list", combine="join")
+    cells = ["['call', 'flight call']", "['flight call', 'Call']", "['song']", "[]", "x"]
+    x, y = mean.encode(cells), join.encode(cells)
+    assert x.shape == y.shape == (5, 384)
+    np.testing.assert_array_equal(x[0], x[1])
+    assert np.isnan(x[3:]).all() and np.isnan(y[3:]).all()
+    items = get_encoder("minilm").encode(["call", "flight call"])
+    want = items.mean(0) / np.linalg.norm(items.mean(0))
+    np.testing.assert_allclose(x[0], want, atol=1e-5)
+    np.testing.assert_allclose(y[0], get_encoder("minilm").encode(["call, flight call"])[0], atol=1e-5)
+    with pytest.raises(Prom3eError, match="combine"):
+        get_encoder("minilm_list", combine="max")

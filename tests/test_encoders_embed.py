@@ -220,3 +220,17 @@ def test_embed_real_photos_end_to_end(tmp_path):
 
     direct = get_encoder("efficientnet_lite0").encode([str(photos / "coffee.jpg")])
     np.testing.assert_allclose(t.feature("image")[0], direct[0], rtol=1e-5, atol=1e-6)
+
+
+def test_embed_list_and_time_columns_count_empty_lists_as_empty(tmp_path):
+    p = tmp_path / "obs.csv"
+    p.write_text('id,time,calls\n0,08:00,"[\'houspa\']"\n1,?,[]\n2,23:30,-\n3,pm,"[\'\']"\n')
+    spec = parse_spec({"modalities": {"tod": {"encoder": "time_of_day", "column": "time"},
+                                      "tags": {"encoder": "multi_hot", "column": "calls",
+                                               "options": {"dim": 8}}}})
+    s = embed(p, spec, tmp_path / "f.parquet", progress=False)
+    assert s.counts["tags"] == {"present": 1, "empty": 2, "unusable": 1}  # [] and [''] are empty, '-' unusable
+    assert s.counts["tod"] == {"present": 2, "empty": 0, "unusable": 2}
+    assert s.dropped == 2  # rows 1 and 3: nothing usable
+    t = read_table(tmp_path / "f.parquet")
+    assert t.present.tolist() == [[True, True], [True, False]]

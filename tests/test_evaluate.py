@@ -289,3 +289,26 @@ def test_one_config_one_result_and_tasks_independent(table):
         assert set(alone) == {"schema_version", "settings", task, "claims"}
     with pytest.raises(Prom3eError, match="evaluation option 'class_prototypes': give a table or a path"):
         EvalConfig(class_prototypes=3)
+
+
+def test_a_collapsed_sigma_is_flagged_not_reported_as_a_finding(table, tmp_path):
+    from prom3e.api import Fuser
+    from prom3e.models.prom3e import Prom3e, named_config
+    from prom3e.tasks.uncertainty import sigma_check
+
+    torch.manual_seed(0)
+    model = Prom3e(named_config("tiny", table.modalities, table.dims))
+    with torch.no_grad():
+        model.logvar_head.weight.zero_()
+        model.logvar_head.bias.fill_(-100.0)  # every logσ² at the lower clip, as the reference's collapse
+    kw = dict(label="species", visible=[["image"], ["loc"]], max_subset_size=2, max_fit=200, max_test=200,
+              tasks=["retrieval", "uncertainty"], threads=1)
+    m = evaluate(Fuser(model), table, out_dir=tmp_path, **kw)
+    check = m["uncertainty"]["check"]
+    assert check["clip_share"] == 1.0 and not check["passes"]
+    assert check["warning"].startswith("warning: σ is collapsed (100% of logσ²")
+    assert check["warning"][0].upper() + check["warning"][1:] in (tmp_path / "report.md").read_text()
+    ok = sigma_check(0.01, 0.9, 0.4)
+    assert ok["passes"] and ok["warning"] is None
+    bad = sigma_check(0.01, 0.5, 0.4)
+    assert not bad["passes"] and "lowers mean ‖σ‖₁ in 50% of cases" in bad["warning"]

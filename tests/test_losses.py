@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,5 +92,112 @@ def test_ignored_rows_with_every_column_masked_give_finite_gradients() -> None:
     valid = torch.tensor([[True, True, False, False]])
     labels = torch.tensor([[0, 0, 0, 1]])  # row 2 (ignored): its only valid columns share its label
     loss, _ = contrastive_reconstruction(pred, true, valid, torch.tensor([-5.0]), torch.tensor([5.0]), labels)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+
+
+def _groups(k=2, u=1, c=4, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    true = F.normalize(torch.randn(u, c, d, generator=g), dim=-1)
+    pred = F.normalize(torch.randn(k, u, c, d, generator=g), dim=-1)
+    return pred, true, torch.ones(u, c, dtype=torch.bool)
+
+
+def test_mc_infonce_with_one_draw_is_the_reference_loss():
+    from prom3e.models.losses import contrastive_reconstruction
+    from prom3e.models.objectives import mc_infonce
+
+    pred, true, valid = _groups(k=1, u=2, c=6)
+    valid[1, 4:] = False
+    a, b = torch.tensor([-5.0, -3.0]), torch.tensor([5.0, 5.0])
+    labels = torch.tensor([[0, 0, 1, 2, 3, 4], [0, 1, 1, 2, -1, -1]])
+    want, _ = contrastive_reconstruction(pred[0], true, valid, a, b, labels)
+    got, acc, each = mc_infonce(pred, true, valid, a, b, labels)
+    assert each[1, 4:].eq(0).all() and torch.isclose(each[valid].mean(), got)
+    torch.testing.assert_close(got, want)
+    assert 0 <= float(acc) <= 1
+
+
+def test_mc_infonce_rewards_spread_on_ambiguous_rows():
+    """Two rows with the same input but different targets: draws covering both candidates
+    score better than draws committed to one (what lets σ grow for ambiguous inputs)."""
+    from prom3e.models.objectives import mc_infonce
+
+    true = F.normalize(torch.eye(4, 8)[None], dim=-1)  # [1, 4, 8]
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    a, b = torch.tensor([-10.0]), torch.tensor([0.0])
+    committed = true.expand(2, 1, 4, 8).clone()
+    committed[:, 0, 1] = true[0, 0]  # rows 0 and 1 (same input) both predict row 0's target
+    spread = committed.clone()
+    spread[1, 0, 0], spread[1, 0, 1] = true[0, 1], true[0, 1]  # the second draw covers row 1's
+    loss_c = mc_infonce(committed, true, valid, a, b, dedup=False)[0]
+    loss_s = mc_infonce(spread, true, valid, a, b, dedup=False)[0]
+    assert loss_s < loss_c
+
+
+def test_csd_bce_gives_confused_rows_more_spread():
+    """The spread of the decoded draws shifts all of a row's logits at once: a softmax ignores
+    it, the sigmoid loss does not, and its best spread is larger for a row whose candidates
+    are all close than for a row that sits on its own target."""
+    from prom3e.models.objectives import csd_bce
+
+    true = F.normalize(torch.eye(4, 8)[None], dim=-1)
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    a, b = torch.tensor([-5.0]), torch.tensor([5.0])
+    e = F.normalize(torch.ones(8), dim=0)
+    grid = torch.linspace(0, 1.5, 31)
+
+    def best_spread(center: torch.Tensor) -> float:
+        losses = [float(csd_bce(torch.stack([center + s * e, center - s * e]), true, valid, a, b,
+                                dedup=False)[0]) for s in grid]  # same mean, growing spread
+        return float(grid[int(np.argmin(losses))])
+
+    clear = true.clone()  # every row on its own target
+    confused = true.clone()
+    confused[0, :] = 0.5 * (true[0, 0] + true[0, 1])  # every row halfway between two targets
+    assert best_spread(confused) > best_spread(clear)
+
+
+def test_kl_terms_reductions_and_free_bits():
+    from prom3e.models.losses import kl_divergence
+    from prom3e.models.objectives import kl_terms
+
+    mu = F.normalize(torch.randn(5, 6), dim=-1)
+    logvar = torch.randn(5, 6, requires_grad=True)
+    torch.testing.assert_close(kl_terms(mu, logvar, "mean"), kl_divergence(mu, logvar))
+    torch.testing.assert_close(kl_terms(mu, logvar, "sum"), 6 * kl_divergence(mu, logvar))
+    floor = kl_terms(mu, logvar.detach(), "sum").item()  # above every dimension's own KL
+    kl = kl_terms(mu, logvar, "sum", free_bits=floor)
+    kl.backward()
+    assert kl.item() == pytest.approx(6 * floor) and torch.count_nonzero(logvar.grad) == 0
+
+
+def test_sigma_calibration_spreads_logvar_like_the_log_expected_loss():
+    from prom3e.models.objectives import sigma_calibration
+
+    err = torch.tensor([[0.5, 2.0, 4.0, 0.0]])  # entry losses of rows 0, 1, 2; entry 3 is padding
+    rows, valid = torch.tensor([[0, 1, 2, 0]]), torch.tensor([[True, True, True, False]])
+    logvar = torch.full((4, 3), -3.0, requires_grad=True)  # row 3 has no target: left out
+    opt = torch.optim.Adam([logvar], lr=0.05)
+    for _ in range(800):
+        opt.zero_grad()
+        sigma_calibration(logvar, err, rows, valid).backward()
+        opt.step()
+    ell = logvar[:3].mean(-1).detach()
+    want = torch.log(err[0, :3])
+    torch.testing.assert_close(ell - ell.mean(), want - want.mean(), atol=2e-2, rtol=0)
+    assert abs(float(ell.mean()) + 3.0) < 0.25  # the level is not the term's business (no net push)
+    assert logvar.grad[3].abs().sum() == 0
+
+
+def test_mc_infonce_ignored_rows_with_every_column_masked_give_finite_gradients():
+    """As for the one-draw loss: a padding row whose valid candidates all share its label."""
+    from prom3e.models.objectives import mc_infonce
+
+    pred = torch.randn(3, 1, 4, 8, requires_grad=True)
+    true = torch.randn(1, 4, 8)
+    valid = torch.tensor([[True, True, False, False]])
+    labels = torch.tensor([[0, 0, 0, 1]])
+    loss, _, _ = mc_infonce(pred, true, valid, torch.tensor([-5.0]), torch.tensor([5.0]), labels)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()

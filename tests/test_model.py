@@ -46,7 +46,8 @@ def test_shapes_and_unit_norm():
 def test_decode_mean_is_the_mean_of_decoded_draws(dims):
     """The draw-at-a-time decoder equals decoding all draws in one pass and averaging."""
     model = make(dims=dims)
-    model.logvar_head.bias.data.fill_(-1.0)  # visible noise, so the draws differ
+    model.log_prior_precision.data.fill_(1.0)  # visible noise (σ² ≈ 1/(2e)), so the draws differ
+    model.precision_head.bias.data.fill_(1.0)
     post = model.encode(*batch(dims=dims))
     mods = [3, 1]
     mean, draws = model.decode_mean(post, mods, 4, torch.Generator().manual_seed(5), keep_draws=True)
@@ -128,19 +129,49 @@ def test_sample_visible_respects_presence_and_counts():
     assert (training_targets(present, vis, reconstruct_all=True) == present).all()
 
 
+OBJECTIVES = [{}, {"recon_loss": "mc_infonce", "n_draws": 3}, {"recon_loss": "csd_bce", "n_draws": 2},
+              {"kl_reduction": "sum", "free_bits": 0.05}, {"sigma_calibration": 0.5},
+              {"recon_loss": "mc_infonce", "n_draws": 2, "sigma_calibration": 1.0, "mu_loss": 0.5},
+              {"posterior_head": "poe", "recon_loss": "mc_infonce", "n_draws": 2, "kl_reduction": "sum",
+               "draw_mean": True, "poe_detach": True}]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES,
+                         ids=["default", "mc_infonce", "csd_bce", "kl_sum_fb", "calibrated", "mc_calibrated", "poe"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_every_named_config_runs_forward_backward(name):
+def test_every_named_config_runs_forward_backward(name, objective, tmp_path):
+    from prom3e.train import checkpoint as ckpt
+
     dims = [512] * 4 if name in ("paper", "large") else [16, 8, 16, 4]
-    model = Prom3e(named_config(name, MODS, dims)).train()
+    torch.manual_seed(0)
+    model = Prom3e(named_config(name, MODS, dims, **objective)).train()
     x, present = batch(b=6, dims=dims)
     vis = sample_visible(present)
-    loss, stats = model(x, vis, training_targets(present, vis, reconstruct_all=True))
+    loss, stats = model(x, vis, training_targets(present, vis, reconstruct_all=True),
+                        labels=torch.tensor([0, 0, 1, 2, -1, 1]))
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in stats.values())
+    assert 0 <= float(stats["logvar_clip_share"]) <= 1
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     if name in ("paper", "large"):
         assert 15e6 < model.n_params() < 30e6
+    # save → load: the same posterior
+    ckpt.save_tensors(tmp_path / "m.safetensors", model.state_dict())
+    again = Prom3e(named_config(name, MODS, dims, **objective)).eval()
+    ckpt.load_state_into(again, tmp_path / "m.safetensors")
+    model.eval()
+    with torch.no_grad():
+        a, b = model.encode(x, present), again.encode(x, present)
+    torch.testing.assert_close(a.mu, b.mu)
+    torch.testing.assert_close(a.logvar, b.logvar)
+
+
+def test_objective_options_are_checked():
+    for bad in ({"recon_loss": "mse"}, {"kl_reduction": "max"}, {"n_draws": 0}, {"free_bits": -1.0},
+                {"sigma_calibration": -1.0}):
+        with pytest.raises(ValueError):
+            Prom3e(named_config("tiny", MODS, [16] * 4, **bad))
 
 
 def test_paper_config_matches_reference_size():
@@ -172,3 +203,20 @@ def test_loss_handles_a_batch_with_nothing_to_reconstruct():
     loss, _ = model(x, present, torch.zeros_like(present))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_poe_posterior_adding_a_modality_lowers_every_sigma():
+    torch.manual_seed(0)
+    model = Prom3e(named_config("tiny", MODS, [16] * 4, posterior_head="poe")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # away from the initial values
+    x, _ = batch(b=16)
+    one = torch.zeros(16, 4, dtype=torch.bool)
+    one[:, 0] = True
+    two = one.clone()
+    two[:, 2] = True
+    with torch.no_grad():
+        a, b = model.encode(x, one), model.encode(x, two)
+    assert (b.logvar <= a.logvar).all() and (b.sigma_l1 < a.sigma_l1).all()  # one more expert: more precision
+    assert torch.isfinite(a.logvar).all() and (a.logvar.abs() <= model.cfg.logvar_clip).all()

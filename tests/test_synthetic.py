@@ -169,3 +169,43 @@ def test_cli_writes_readable_table(tmp_path, capsys):
     bad = parser.parse_args(["synth", "--out", str(tmp_path / "x.parquet"), "--modalities", "image"])
     with pytest.raises(Prom3eError):
         bad.func(bad)
+
+
+def test_resolution_makes_a_view_ambiguous_by_a_known_amount():
+    cfg = SynthConfig(n=400, dim=16, n_species=32, modalities=("m1", "m2"), resolution={"m2": "order"},
+                      missing_rate=0.0, always_present=("m1", "m2"), noise=0.0, seed=2)
+    t = generate_table(cfg)
+    species, order = np.asarray(t.meta["species"]), np.asarray(t.meta["order"])
+    for m, level in (("m1", species), ("m2", order)):  # noise 0: one vector per node of the level
+        x = t.feature(m)
+        for node in np.unique(level)[:5]:
+            rows = x[level == node]
+            np.testing.assert_allclose(rows, rows[:1].repeat(len(rows), 0), atol=1e-6)
+    assert len(np.unique(t.feature("m2").round(5), axis=0)) == len(np.unique(order)) < len(np.unique(species))
+    with pytest.raises(Prom3eError, match="not a species view"):
+        generate(SynthConfig(n=50, modalities=("image", "loc"), resolution={"loc": "genus"}))
+    with pytest.raises(Prom3eError, match="unknown level"):
+        generate(SynthConfig(n=50, modalities=("image", "m2"), resolution={"m2": "tribe"}))
+
+
+def test_sigma_ranks_visible_sets_by_their_true_ambiguity(tmp_path):
+    """A view that resolves only the order (or class, or phylum) leaves more candidate species
+    than a species-level view: the trained posterior's ‖σ‖₁ must order the views that way, and
+    a second view must lower it (issue 11's ground truth for σ)."""
+    from prom3e.api import Fuser
+    from prom3e.tasks.common import spearman
+    from prom3e.train.loop import TrainConfig, train
+
+    mods = ("m1", "m2", "m3", "m4")
+    levels = ("species", "order", "class", "phylum")
+    t = generate_table(SynthConfig(n=2000, dim=16, n_species=32, modalities=mods, noise=0.0, missing_rate=0.0,
+                                   always_present=mods, resolution=dict(zip(mods[1:], levels[1:], strict=True)),
+                                   seed=0))
+    train(t, tmp_path / "r", TrainConfig(model="tiny", epochs=40, batch_size=128, lr=3e-3, warmup_steps=10,
+                                          precision="fp32", seed=0), progress=False)
+    fuser = Fuser.load(tmp_path / "r", precision="fp32")
+    sigma = [float(fuser.encode(t, visible=[m]).sigma_l1.mean()) for m in mods]
+    candidates = [len(np.unique(np.asarray(t.meta[lev]))) for lev in levels]  # fewer nodes: more species each
+    assert spearman(sigma, candidates) == pytest.approx(-1.0), sigma
+    both = float(fuser.encode(t, visible=["m1", "m4"]).sigma_l1.mean())
+    assert both < min(sigma[0], sigma[3])

@@ -232,3 +232,19 @@ def test_fuser_chains_stage1_heads_on_raw_features(tmp_path, small_table):
     train(other, tmp_path / "other", TrainConfig(epochs=1, **FAST), progress=False)
     with pytest.raises(Prom3eError, match="do not fit the model"):
         Fuser.load(tmp_path / "other", aligner=tmp_path / "align")
+
+
+def test_split_column_kl_warmup_and_sigma_logging(small_table, tmp_path):
+    from prom3e.data.table import ModalTable
+
+    part = np.where(np.arange(len(small_table)) % 5 == 0, "val", "train").astype(object)
+    part[np.arange(len(small_table)) % 7 == 0] = "test"
+    t = ModalTable(small_table.modalities, small_table.features, small_table.present,
+                   {**small_table.meta, "split": part}, "<t>")
+    cfg = TrainConfig(epochs=2, split_column="split", kl_warmup_epochs=2, **FAST)
+    s = train(t, tmp_path / "r", cfg, progress=False)
+    assert s["train_rows"] == int((part == "train").sum()) and s["val_rows"] == int((part == "val").sum())
+    log = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert all(0 <= r["logvar_clip_share"] <= 1 and r["sigma_l1"] > 0 for r in log)
+    with pytest.raises(Prom3eError, match="split column 'species'"):
+        train(t, tmp_path / "x", TrainConfig(epochs=1, split_column="species", **FAST), progress=False)

@@ -164,6 +164,9 @@ def headline(metrics: dict) -> list[str]:
     nonfinite = (r or {}).get("n_nonfinite")
     if nonfinite:
         lines.append(f"warning: {nonfinite} reconstruction(s) held NaN/inf (each scored as a miss)")
+    warning = (metrics.get("uncertainty", {}).get("check") or {}).get("warning")
+    if warning:
+        lines.append(warning)
     return lines
 
 

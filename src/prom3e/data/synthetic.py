@@ -17,6 +17,10 @@ The generative story:
    shared by every observation in it; extra names ``m<k>`` = noisy species views. Each
    modality then goes through its own fixed near-identity linear map and offset (the
    modality gap), and is normalised to unit length.
+   ``resolution`` makes a species view deliberately ambiguous: ``{"m2": "genus"}`` builds
+   ``m2`` from the genus latent, one value shared by every species of the genus, so seeing
+   ``m2`` leaves a known number of candidate species (the node's size): a ground truth for
+   how uncertain a posterior given that modality should be.
 5. **Missingness.** Each modality is missing with probability ``missing_rate`` (sound
    always for plants); ``always_present`` modalities are kept, and every row keeps one.
 
@@ -30,7 +34,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import ClassVar
 
@@ -68,6 +72,9 @@ class SynthConfig(Options):
     always_present: tuple[str, ...] = ("image",)
     cell_deg: float = 3.0
     zipf: float = 0.8
+    # modality → taxonomic level it resolves ("genus", "family", …); species views only
+    # (image, text, sound, m<k>); unnamed ones resolve the species
+    resolution: dict[str, str] = field(default_factory=dict)
 
     WHAT: ClassVar[str] = "synthetic-data option"
     BOUNDS: ClassVar[dict[str, str]] = {"n": ">= 1", "dim": ">= 4", "n_species": ">= 2", "missing_rate": "[0, 1)",
@@ -87,6 +94,12 @@ class SynthConfig(Options):
         for m in self.always_present:
             if m not in mods:
                 raise Prom3eError(f"always_present '{m}' is not among the modalities")
+        for m, level in self.resolution.items():
+            if m not in mods or m in ("loc", "env", "sat"):
+                raise Prom3eError(f"resolution: '{m}' is not a species view among the modalities "
+                                  f"(image, text, sound, m<k>)")
+            if level not in LEVELS:
+                raise Prom3eError(f"resolution: unknown level '{level}' for '{m}' (have: {', '.join(LEVELS)})")
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
@@ -147,7 +160,8 @@ class _World:
         self.cfg = cfg
         d, s = cfg.dim, cfg.n_species
         self.parents, lat, self.names = _taxonomy(s, d, _rng(cfg.seed, "taxonomy"))
-        self.z = _unit(lat[-1])  # species latents
+        self.lat = [_unit(x) for x in lat]  # node latents per level
+        self.z = self.lat[-1]  # species latents
         self.env_field = _Field(_rng(cfg.seed, "env_field"), d, freq=1.5)
         self.loc_field = _Field(_rng(cfg.seed, "loc_field"), d, freq=4.0)
         # ranges: 1-3 blobs per species, centred on the best of 64 candidate spots for its taste
@@ -201,7 +215,7 @@ class _World:
             columns[lev] = pa.array(self.names[LEVELS.index(lev)][idx])
         columns |= {"lat": pa.array(la), "lon": pa.array(lo), "day_of_year": pa.array(day),
                     "cell": pa.array(cell)}
-        return columns, {"sp": sp, "p": p, "cell": cell, "n_cols": n_cols, "kingdom": anc[-1]}
+        return columns, {"sp": sp, "p": p, "cell": cell, "n_cols": n_cols, "kingdom": anc[-1], "anc": anc}
 
     def distortion(self, m: str) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
         """The modality's own fixed near-identity map and offset (the modality gap), and its
@@ -215,15 +229,17 @@ class _World:
     def embed(self, m: str, obs: dict, r: np.random.Generator, at_p, sat=None) -> np.ndarray:
         """Modality ``m`` of the observations; noise from ``r``. ``sat``: (cell content, the
         rows' index into it) when tiles are shared beyond these rows."""
-        cfg, z, sp = self.cfg, self.z, obs["sp"]
-        n, d, s = len(sp), cfg.dim, cfg.n_species
+        cfg, sp = self.cfg, obs["sp"]
+        n, d = len(sp), cfg.dim
         a, offset, r0 = self.distortion(m)
         r = r0 if r is None else r
         sd = _NOISE.get(m, 0.9) * cfg.noise / np.sqrt(d)
+        lev = LEVELS.index(cfg.resolution.get(m, "species"))
+        zm, node = self.lat[lev], obs["anc"][len(LEVELS) - 1 - lev]  # the latent the view resolves
         if m == "image":
-            x = z[sp] + 0.2 * at_p("env") + r.normal(0, sd, (n, d))
+            x = zm[node] + 0.2 * at_p("env") + r.normal(0, sd, (n, d))
         elif m == "text":
-            x = (z + r0.normal(0, sd, (s, d)))[sp]  # one vector per species: from the fixed stream
+            x = (zm + r0.normal(0, sd, zm.shape))[node]  # one vector per node: from the fixed stream
         elif m == "loc":
             x = 0.6 * at_p("mix") + at_p("loc") + r.normal(0, sd, (n, d))
         elif m == "env":
@@ -237,7 +253,7 @@ class _World:
             else:
                 x = sat[obs["cell"]]
         else:  # sound and generic views m<k>
-            x = z[sp] + r.normal(0, sd, (n, d))
+            x = zm[node] + r.normal(0, sd, (n, d))
         return _unit(_unit(x) @ a + offset).astype(np.float32)
 
     def missing(self, obs: dict, r: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,8 @@ latlon    a ``(lat, lon)`` pair in degrees
 vector    a sequence of floats (covariates)
 date      a ``numpy.datetime64`` day (the embed command parses date columns)
 audio     a path to a sound file
+time      a time of day (``HH:MM`` string, ``datetime.time``, minutes since midnight)
+list      a list of strings, or a string holding one (``['call', 'song']``)
 ========  ====================================================================
 
 ``encode`` may return ``None`` rows for inputs it cannot use (an unreadable image); the
@@ -29,7 +31,7 @@ import numpy as np
 
 from prom3e.errors import Prom3eError
 
-INPUT_KINDS = ("image", "text", "latlon", "vector", "date", "audio")
+INPUT_KINDS = ("image", "text", "latlon", "vector", "date", "audio", "time", "list")
 
 
 class Encoder:

@@ -117,6 +117,10 @@ def gather_inputs(table: pa.Table, m: ModalitySpec, kind: str, rows: np.ndarray,
             return out
         return [" ".join(str(v) for v in vals if v is not None) or None
                 for vals in zip(*cols, strict=True)]
+    if kind == "list":
+        from prom3e.encoders.lists import is_empty_list
+
+        return [None if v is None or is_empty_list(v) else v for v in cols[0]]
     if kind in ("image", "audio"):  # URLs are never fetched (counted by _assemble)
         return [None if v is None or is_url(v) else str(root / str(v)) for v in cols[0]]
     if kind == "latlon":

@@ -11,6 +11,9 @@ YAML (or JSON)::
       loc:   {encoder: geoclip, columns: [lat, lon]}
       date:  {encoder: date, column: observed_on, options: {year: true}}
       env:   {encoder: env_mlp, columns: [bio1, bio2, bio3]}
+      time:  {encoder: time_of_day, column: time, options: {harmonics: 2}}
+      calls: {encoder: minilm_list, column: type}            # "['call', 'song']"; [] = missing
+      with:  {encoder: multi_hot, column: secondary_labels, options: {dim: 512}}
 
 ``column`` (one) or ``columns`` (several) name the inputs; text may instead use a
 ``template`` over any columns (or join several ``columns`` with spaces). Relative paths
@@ -106,7 +109,8 @@ def parse_spec(raw: Any, source: str = "<spec>") -> EmbedSpec:
                 raise Prom3eError(f"{where}: the template names no {{column}}")
         if not cols:
             raise Prom3eError(f"{where}: no input 'column' (or 'columns'/'template')")
-        want = {"latlon": (2, 2), "image": (1, 1), "audio": (1, 1), "date": (1, 1)}
+        want = {"latlon": (2, 2), "image": (1, 1), "audio": (1, 1), "date": (1, 1), "time": (1, 1),
+                "list": (1, 1)}
         lo, hi = want.get(info.input_kind, (1, 10**9))
         if not lo <= len(cols) <= hi:
             need = "[lat, lon]" if info.input_kind == "latlon" else "one column"

@@ -100,6 +100,34 @@ def near_duplicates_between(x: Tensor, y: Tensor, tol: float = 1e-3) -> Tensor:
         return torch.baddbmm(both, x, y.transpose(-1, -2), alpha=-2) < tol * tol
 
 
+def candidates(true: Tensor, valid: Tensor, labels: Tensor | None, dedup: bool,
+               remote: RemoteTargets | None = None) -> tuple[Tensor, Tensor]:
+    """The contrastive candidates of each group: ``keys [U, K, D]`` (the local targets first,
+    then the other ranks' under torchrun) and ``drop bool[U, C, K]``, the pairs that are not
+    negatives: padding columns, and other entries with the same label (``labels [U, C]``,
+    −1 = none) or an identical target (``dedup``). A padding row keeps its own column, so no
+    row is all −∞ (log-softmax's backward would turn it into NaN)."""
+    u, c = valid.shape
+    keys, key_valid, key_labels = true, valid, labels
+    if remote is not None:
+        keys = torch.cat([true, remote.true.to(true.dtype)], 1)
+        key_valid = torch.cat([valid, remote.valid], 1)
+        key_labels = torch.cat([labels, remote.labels], 1) if labels is not None else None
+    k = keys.shape[1]
+    drop = ~key_valid[:, None, :] & ~torch.eye(c, k, dtype=torch.bool, device=true.device)  # [U, C, K]
+    if labels is not None or dedup:
+        not_negative = torch.zeros(u, c, k, dtype=torch.bool, device=true.device)
+        if key_labels is not None and labels is not None:
+            not_negative |= (labels[:, :, None] == key_labels[:, None, :]) & (labels[:, :, None] >= 0)
+        if dedup:
+            not_negative[:, :, :c] |= near_duplicates(true)
+            if remote is not None and k > c:
+                not_negative[:, :, c:] |= near_duplicates_between(true, remote.true)
+        not_negative.diagonal(dim1=1, dim2=2).fill_(False)
+        drop = drop | not_negative
+    return keys, drop
+
+
 def contrastive_reconstruction(
     pred: Tensor,
     true: Tensor,
@@ -109,7 +137,8 @@ def contrastive_reconstruction(
     labels: Tensor | None = None,
     dedup: bool = True,
     remote: RemoteTargets | None = None,
-) -> tuple[Tensor, Tensor]:
+    per_entry: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """InfoNCE over Euclidean distances, per modality, with the diagonal as positive.
 
     ``pred``/``true``: ``[U, C, D]`` reconstructions and real embeddings of one modality
@@ -117,7 +146,8 @@ def contrastive_reconstruction(
     logits = α·‖f̂ʲ − fᵏ‖ + β with α < 0. Other rows with the same label (``labels [U, C]``,
     −1 = none) or an identical target embedding (``dedup``: e.g. one satellite tile shared
     by many rows) are not negatives. Returns the mean cross-entropy over real entries and
-    the in-batch top-1 accuracy.
+    the in-batch top-1 accuracy (and, with ``per_entry``, each entry's cross-entropy ``[U, C]``,
+    0 at padding).
 
     ``remote`` (under torchrun, :func:`prom3e.distributed.gather_batch`): the other ranks'
     targets join the candidates, and the loss is this rank's share of the global batch's
@@ -126,38 +156,21 @@ def contrastive_reconstruction(
     u, c, _ = pred.shape
     if not bool(valid.any()):  # nothing to reconstruct in this batch
         zero = pred.sum() * 0.0
-        return zero, zero.detach()
-    # padding columns are never candidates; a padding row keeps its own column (its loss is
-    # ignored) so that no row is all −∞: log-softmax's backward would turn it into NaN
-    keys, key_valid, key_labels = true, valid, labels  # candidates: [U, K, ·], local ones first
-    if remote is not None:
-        keys = torch.cat([true, remote.true.to(true.dtype)], 1)
-        key_valid = torch.cat([valid, remote.valid], 1)
-        key_labels = torch.cat([labels, remote.labels], 1) if labels is not None else None
+        return (zero, zero.detach(), torch.zeros_like(valid, dtype=zero.dtype)) if per_entry else (zero, zero.detach())
+    keys, drop = candidates(true, valid, labels, dedup, remote)
     k = keys.shape[1]
-    drop = ~key_valid[:, None, :] & ~torch.eye(c, k, dtype=torch.bool, device=pred.device)  # [U, C, K]
-    if labels is not None or dedup:
-        not_negative = torch.zeros(u, c, k, dtype=torch.bool, device=pred.device)
-        if key_labels is not None and labels is not None:
-            not_negative |= (labels[:, :, None] == key_labels[:, None, :]) & (labels[:, :, None] >= 0)
-        if dedup:
-            not_negative[:, :, :c] |= near_duplicates(true)
-            if remote is not None and k > c:
-                not_negative[:, :, c:] |= near_duplicates_between(true, remote.true)
-        not_negative.diagonal(dim1=1, dim2=2).fill_(False)
-        drop = drop | not_negative
     logits = distance_logits(pred, keys, alpha, beta, drop)
     target = torch.arange(c, device=pred.device).expand(u, c).masked_fill(~valid, -100)  # -100: ignored
     flat, target = logits.reshape(u * c, k), target.reshape(-1)
     # an ignored row may have every column masked (−inf): its log-softmax is NaN and, although
     # ignored in the loss, its gradient (NaN·0) would poison every weight — give it finite logits
     flat = flat.masked_fill((target < 0)[:, None], 0.0)
-    if remote is None:
-        loss = F.cross_entropy(flat, target, ignore_index=-100)
-    else:
-        loss = remote.mean(F.cross_entropy(flat, target, ignore_index=-100, reduction="sum"))
-    acc = (flat.argmax(-1) == target).sum() / valid.sum()
-    return loss, acc.float().detach()
+    acc = ((flat.argmax(-1) == target).sum() / valid.sum()).float().detach()
+    if per_entry or remote is not None:
+        each = F.cross_entropy(flat, target, ignore_index=-100, reduction="none")
+        loss = remote.mean(each.sum()) if remote is not None else each.sum() / valid.sum()
+        return (loss, acc, each.view(u, c)) if per_entry else (loss, acc)
+    return F.cross_entropy(flat, target, ignore_index=-100), acc
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prom3e.config import Options
+from prom3e.errors import Prom3eError
 from prom3e.models.grouped import ModalityMLP, group_pairs, remote_targets
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
+from prom3e.models.objectives import clip_share, csd_bce, kl_terms, mc_infonce, sigma_calibration
 
 if TYPE_CHECKING:
     from prom3e.distributed import GlobalBatch
@@ -46,14 +48,33 @@ class Prom3eConfig(Options):
     # How logσ² is read off the [logvar] output. "none" (the reference): the post-LayerNorm
     # token itself, whose scale the shared LN fixes, so σ stays near 1 and the noise swamps
     # the unit-norm μ. "affine": a learned per-dimension scale and shift (+2E parameters),
-    # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar].
-    posterior_head: Literal["none", "affine", "linear"] = "linear"
+    # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar]. "poe": μ as
+    # "linear"; σ as a product of Gaussian experts — 1/σ² = prior precision + Σ over the visible
+    # modalities of a precision read off each modality's own token — so adding a modality can
+    # only lower σ, and how much it lowers it is learned per modality and per input.
+    posterior_head: Literal["none", "affine", "linear", "poe"] = "linear"
+    # "poe" only: the experts read each modality's token without steering it (no gradient from
+    # σ's objectives into the shared projectors, which then serve μ alone)
+    poe_detach: bool = False
     init_logvar: float = -4.0
+    # The training objective (models/objectives.py). recon_loss: "infonce" (the reference: one
+    # draw, softmax over the batch), "mc_infonce" (−log of the mean probability over n_draws
+    # draws) or "csd_bce" (PCME++'s sigmoid loss on the sampled distance over n_draws draws).
+    recon_loss: Literal["infonce", "mc_infonce", "csd_bce"] = "infonce"
+    n_draws: int = 1  # posterior draws per row and step
+    draw_mean: bool = False  # the first of the n_draws draws is μ itself: a noise-free path for the decoders
+    mu_loss: float = 0.0  # weight of an extra one-draw loss (recon_loss's form) on μ itself: keeps μ sharp
+    kl_reduction: Literal["mean", "sum"] = "mean"  # KL over dims: "mean" (the reference) or "sum" (the VAE's)
+    free_bits: float = 0.0  # per-dimension KL floor (nats), 0 = off
+    # weight of the term tying each row's mean logσ² to its expected reconstruction loss
+    # (objectives.sigma_calibration); 0 = off
+    sigma_calibration: float = 0.0
 
     WHAT: ClassVar[str] = "model option"
     BOUNDS: ClassVar[dict[str, str]] = {"dims": ">= 1", "embed_dim": ">= 1", "depth": ">= 1", "heads": ">= 1",
                                         "mlp_dim": ">= 1", "registers": ">= 0", "dropout": "[0, 1)",
-                                        "logvar_clip": "> 0"}
+                                        "logvar_clip": "> 0", "n_draws": ">= 1", "mu_loss": ">= 0",
+                                        "free_bits": ">= 0", "sigma_calibration": ">= 0"}
 
     def check(self) -> None:
         if len(self.dims) != len(self.modalities) or len(set(self.modalities)) != len(self.modalities):
@@ -63,21 +84,25 @@ class Prom3eConfig(Options):
             self.fail("heads", f"must divide embed_dim ({self.embed_dim}), got {self.heads}")
 
 
-# Named configs: architecture only; modalities and dims come from the data.
+# The objective of the study in docs/STAGE2.md (the reference's is the dataclass default): σ from a
+# product of per-modality experts, a 4-draw mixture likelihood with μ as one of the draws plus a
+# loss on μ, the KL summed over dimensions, logσ² clipped at ±12.
+OBJECTIVE = dict(posterior_head="poe", recon_loss="mc_infonce", n_draws=4, draw_mean=True, mu_loss=1.0,
+                 kl_reduction="sum", logvar_clip=12.0)
+
+# Named configs: architecture and objective; modalities and dims come from the data.
 CONFIGS: dict[str, dict] = {
-    "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2),
-    "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4),
-    # the reference architecture exactly (27.3 M at 6 × 512-d), its posterior read-out included
+    "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2, **OBJECTIVE),
+    "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4, **OBJECTIVE),
+    # the reference architecture exactly (27.3 M at 6 × 512-d), its posterior read-out and objective included
     "paper": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, posterior_head="none"),
-    # the paper's shapes with our posterior heads (+2.1 M): the recommended large model
-    "large": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4),
+    # the paper's shapes with this study's posterior and objective: the recommended large model
+    "large": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, **OBJECTIVE),
 }
 
 
 def named_config(name: str, modalities: list[str], dims: list[int], **overrides) -> Prom3eConfig:
     if name not in CONFIGS:
-        from prom3e.errors import Prom3eError
-
         raise Prom3eError(f"unknown model config '{name}' (have: {', '.join(CONFIGS)})")
     return Prom3eConfig.from_dict({**CONFIGS[name], **overrides, "modalities": list(modalities), "dims": list(dims)})
 
@@ -188,8 +213,15 @@ class Prom3e(nn.Module):
         # contrastive reconstruction logits = α·distance + β, α < 0 kept by construction
         self.alpha_raw = nn.Parameter(torch.full((m,), math.log(math.expm1(5.0))))  # α = −5
         self.beta = nn.Parameter(torch.full((m,), 5.0))
-        if cfg.posterior_head not in ("none", "affine", "linear"):
-            raise ValueError(f"posterior_head must be none, affine or linear, not {cfg.posterior_head!r}")
+        if cfg.posterior_head not in ("none", "affine", "linear", "poe"):
+            raise ValueError(f"posterior_head must be none, affine, linear or poe, not {cfg.posterior_head!r}")
+        if cfg.recon_loss not in ("infonce", "mc_infonce", "csd_bce"):
+            raise ValueError(f"recon_loss must be infonce, mc_infonce or csd_bce, not {cfg.recon_loss!r}")
+        if cfg.kl_reduction not in ("mean", "sum"):
+            raise ValueError(f"kl_reduction must be mean or sum, not {cfg.kl_reduction!r}")
+        if cfg.n_draws < 1 or cfg.free_bits < 0 or cfg.sigma_calibration < 0 or cfg.mu_loss < 0:
+            raise ValueError("n_draws must be ≥ 1, free_bits, sigma_calibration and mu_loss ≥ 0")
+
         if cfg.posterior_head == "affine":
             self.logvar_scale = nn.Parameter(torch.full((e,), 0.1))
             self.logvar_shift = nn.Parameter(torch.full((e,), cfg.init_logvar))
@@ -199,6 +231,14 @@ class Prom3e(nn.Module):
             with torch.no_grad():
                 self.logvar_head.weight.mul_(0.1)
                 self.logvar_head.bias.fill_(cfg.init_logvar)
+        elif cfg.posterior_head == "poe":
+            self.mu_head = nn.Linear(e, e)
+            self.precision_head = nn.Linear(e, e)  # log-precision of each visible modality's expert
+            # prior and one expert each start at half the precision exp(−init_logvar)
+            self.log_prior_precision = nn.Parameter(torch.full((e,), -cfg.init_logvar - math.log(2)))
+            with torch.no_grad():
+                self.precision_head.weight.mul_(0.1)
+                self.precision_head.bias.fill_(-cfg.init_logvar - math.log(2))
 
     @property
     def alpha(self) -> Tensor:
@@ -228,6 +268,7 @@ class Prom3e(nn.Module):
         p = self.prefix.shape[0]
         n_keep = p if hidden else N_SPECIAL
         prefix: Tensor = self.prefix.to(seq.dtype)
+        first_seq = seq  # each visible modality's own token (the PoE experts read it)
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             out = blk(prefix, seq, rest_ok, n_keep if last else None)
@@ -237,6 +278,12 @@ class Prom3e(nn.Module):
             lv_out = lv_out * self.logvar_scale + self.logvar_shift
         elif self.cfg.posterior_head == "linear":
             mu_out, lv_out = self.mu_head(mu_out), self.logvar_head(lv_out)
+        elif self.cfg.posterior_head == "poe":
+            mu_out = self.mu_head(mu_out)
+            expert_in = first_seq.detach() if self.cfg.poe_detach else first_seq
+            log_prec = self.precision_head(expert_in).float().masked_fill(~rest_ok[..., None], float("-inf"))
+            log_prec = torch.cat([self.log_prior_precision.expand(b, 1, -1), log_prec], 1)
+            lv_out = -torch.logsumexp(log_prec, 1)  # logσ² = −log(prior + Σ experts' precisions)
         mu = F.normalize(mu_out.float(), dim=-1)
         c = self.cfg.logvar_clip
         logvar = c * torch.tanh(lv_out.float() / c)  # smooth clip: finite KL, live gradient
@@ -315,18 +362,59 @@ class Prom3e(nn.Module):
         targets, so that the negatives and the noise are those of the global batch.
         """
         post = self.encode(x, visible)
-        z = self.sample(post, 1, noise=noise, within=(batch.start, batch.size) if batch else None)[0]
+        cfg = self.cfg
         g = group_pairs(targets)
         b, m = x.shape[:2]
         pick = g.rows[g.index]  # [U, C] row of each buffer position (padding: a copy, masked by valid)
-        pred = F.normalize(self.decode_mlp(_gather_rows(z, pick), g.used).float(), dim=-1)
         true = x.reshape(b * m, -1)[(g.rows * m + g.mods)[g.index]].float()
         lab = labels[pick] if labels is not None else None
-        recon, acc = contrastive_reconstruction(
-            pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup,
-            remote_targets(batch, g.used) if batch is not None else None,
-        )
-        kl = kl_divergence(post.mu, post.logvar)
+        remote = remote_targets(batch, g.used) if batch is not None else None
+        within = (batch.start, batch.size) if batch is not None else None
+        calibrate = cfg.sigma_calibration > 0
+        if cfg.recon_loss == "infonce" and cfg.n_draws == 1 and not cfg.draw_mean and not cfg.mu_loss:  # reference
+            z = self.sample(post, 1, noise=noise, within=within)[0]
+            pred = F.normalize(self.decode_mlp(_gather_rows(z, pick), g.used).float(), dim=-1)
+            out = contrastive_reconstruction(
+                pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup, remote, per_entry=calibrate
+            )
+            recon, acc, each = out if calibrate else (*out, None)
+        elif pick.numel() == 0:  # nothing to reconstruct in this batch
+            recon = post.mu.sum() * 0.0
+            acc, each = recon.detach(), recon.new_zeros(pick.shape)
+        else:
+            if cfg.recon_loss == "csd_bce" and remote is not None:
+                raise Prom3eError("recon_loss 'csd_bce' scores the local batch only: it is not supported under "
+                                  "torchrun (use 'mc_infonce' or 'infonce')")
+            k = cfg.n_draws
+            z = self.sample(post, k, noise=noise, within=within)  # [K, B, E]
+            if cfg.draw_mean:
+                z = torch.cat([post.mu[None], z[1:]])
+            u, c = pick.shape
+            zk = _gather_rows(z.transpose(0, 1), pick)  # [U, C, K, E]
+            zk = zk.transpose(1, 2).reshape(u, k * c, -1)  # draws side by side per group
+            pred = F.normalize(self.decode_mlp(zk, g.used).float(), dim=-1)
+            pred = pred.view(u, k, c, -1).transpose(0, 1)  # [K, U, C, D]
+            if cfg.recon_loss == "csd_bce":
+                recon, acc, each = csd_bce(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup)
+            else:
+                recon, acc, each = mc_infonce(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup,
+                                              remote)
+            if cfg.mu_loss > 0:
+                pred_mu = F.normalize(self.decode_mlp(_gather_rows(post.mu, pick), g.used).float(), dim=-1)[None]
+                mu_fn = csd_bce if cfg.recon_loss == "csd_bce" else mc_infonce
+                extra = (remote,) if mu_fn is mc_infonce else ()
+                recon = recon + cfg.mu_loss * mu_fn(pred_mu, true, g.valid, self.alpha[g.used], self.beta[g.used],
+                                                    lab, dedup, *extra)[0]
+        if cfg.kl_reduction == "mean" and cfg.free_bits == 0:
+            kl = kl_divergence(post.mu, post.logvar)
+        else:
+            kl = kl_terms(post.mu, post.logvar, cfg.kl_reduction, cfg.free_bits)
         loss = recon + kl_weight * kl
-        return loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(),
-                      "acc": acc, "sigma_l1": post.sigma_l1.mean().detach()}
+        stats = {"recon": recon.detach(), "kl": kl.detach(), "acc": acc,
+                 "sigma_l1": post.sigma_l1.mean().detach(),
+                 "logvar_clip_share": clip_share(post.logvar, cfg.logvar_clip)}
+        if calibrate:
+            cal = sigma_calibration(post.logvar, each, pick, g.valid)
+            loss = loss + cfg.sigma_calibration * cal
+            stats["sigma_calibration"] = cal.detach()
+        return loss, {"loss": loss.detach(), **stats}

@@ -225,6 +225,7 @@ class Uncertainty(Task):
             vals = [np.nanmean(v) for s, v in sig.items() if len(s) == k and np.isfinite(v).any()]
             by_size[str(k)] = float(np.mean(vals)) if vals else None
         metrics = {
+            "check": self._check(nxt),
             "subsets": unc.summarize_subsets(sig),
             "mean_sigma_l1_by_size": by_size,
             "next": [{k: v for k, v in n.items() if not k.startswith("_")} for n in nxt],
@@ -235,6 +236,25 @@ class Uncertainty(Task):
             },
         }
         return TaskResult(metrics, {"sigma": sig, "next": nxt, "floor": unc.sigma_l1_floor(ctx.fuser)})
+
+
+    def _check(self, nxt: list[dict]) -> dict:
+        """σ's own checks (:func:`prom3e.tasks.uncertainty.sigma_check`): the share of logσ² at the
+        clip over every single-modality posterior of the test rows, how often adding a modality
+        lowers mean ‖σ‖₁, and the mean over retrieval pairs of Spearman(‖σ‖₁, rank)."""
+        ctx, bs = self.ctx, self.config.batch_size
+        clip = getattr(getattr(getattr(ctx.fuser, "model", None), "cfg", None), "logvar_clip", None)
+        shares = []
+        if clip is not None:
+            for m in ctx.mods:
+                r = unc.rows_with(ctx.table, ctx.test.rows, (m,))
+                if len(r):
+                    shares.append(unc.clip_share(ctx.fuser.encode(ctx.table.take(r), visible=[m],
+                                                                  batch_size=bs).logvar, clip))
+        red = [r["actual_reduction"] > 0 for n in nxt for r in n["ranking"] if r["actual_reduction"] is not None]
+        per_pair = [spearman(c["sigma"], c["rank"]) for c in ctx.calibration]
+        return unc.sigma_check(float(np.mean(shares)) if shares else None, mean_or_none(red),
+                               mean_or_none(per_pair))
 
 
 class Gap(Task):

@@ -7,6 +7,8 @@
   the real m on rows that have it. Candidates are ranked by the mean expected reduction,
   and per row by its own expected reduction.
 - calibration: Spearman correlation of ‖σ‖₁ with reconstruction error / retrieval rank.
+- ``sigma_check``: does σ carry signal at all? (not collapsed at a clip, drops when a
+  modality is added, ranks rows by retrieval difficulty) — a warning line when it does not.
 """
 
 from __future__ import annotations
@@ -173,3 +175,36 @@ def expected_reductions(fuser: FuserLike, x: torch.Tensor, present: torch.Tensor
 def calibration(sigma: np.ndarray, error: np.ndarray, rank: np.ndarray) -> dict[str, float | None]:
     """Spearman of ‖σ‖₁ with reconstruction error (1 − cos) and with retrieval rank."""
     return {"spearman_recon_error": spearman(sigma, error), "spearman_rank": spearman(sigma, rank)}
+
+
+# What an uncertainty worth reading must show (issue 11's bars)
+MAX_CLIP_SHARE = 0.05  # share of logσ² within CLIP_WITHIN of ±clip
+CLIP_WITHIN = 0.5
+MIN_FRAC_DROPS = 0.8  # share of (set, added modality) cases whose mean ‖σ‖₁ drops
+MIN_SPEARMAN_RANK = 0.3  # mean over retrieval pairs of Spearman(‖σ‖₁, rank of the true target)
+
+
+def clip_share(logvar: np.ndarray | torch.Tensor, clip: float) -> float:
+    """Share of logσ² values within CLIP_WITHIN of ±clip (where a collapsed σ sits)."""
+    lv = np.abs(np.asarray(logvar, np.float64))
+    return float(np.mean(clip - lv < CLIP_WITHIN)) if lv.size else float("nan")
+
+
+def sigma_check(clip: float | None, frac_drops: float | None, spearman_rank: float | None) -> dict:
+    """The three checks, whether all pass, and one warning line when σ should not be read."""
+    failed = []
+    if clip is not None and clip > MAX_CLIP_SHARE:
+        failed.append(f"{clip:.0%} of logσ² at the clip (bar < {MAX_CLIP_SHARE:.0%})")
+    if frac_drops is not None and frac_drops < MIN_FRAC_DROPS:
+        failed.append(f"adding a modality lowers mean ‖σ‖₁ in {frac_drops:.0%} of cases (bar ≥ {MIN_FRAC_DROPS:.0%})")
+    if spearman_rank is None or spearman_rank < MIN_SPEARMAN_RANK:
+        got = "undefined" if spearman_rank is None else f"{spearman_rank:.2f}"
+        failed.append(f"Spearman(‖σ‖₁, rank of the true target) {got} (bar ≥ {MIN_SPEARMAN_RANK})")
+    warning = None
+    if clip is not None and clip > 0.5:
+        warning = (f"warning: σ is collapsed ({clip:.0%} of logσ² within {CLIP_WITHIN} of the clip): "
+                   "the uncertainty figures carry no signal and are not a finding")
+    elif failed:
+        warning = "warning: σ fails its own checks (" + "; ".join(failed) + "): the uncertainty study is not a finding"
+    return {"clip_share": clip, "frac_sigma_drops": frac_drops, "spearman_rank_mean": spearman_rank,
+            "passes": not failed, "warning": warning}

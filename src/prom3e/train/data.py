@@ -100,12 +100,19 @@ class InMemorySource:
     """Batches from a table held in memory (the path for tables that fit)."""
 
     def __init__(self, table: ModalTable, val_fraction: float, val_cap: int, seed: int,
-                 label_column: str | None = None) -> None:
+                 label_column: str | None = None, split_column: str | None = None) -> None:
         self.modalities, self.dims = list(table.modalities), list(table.dims)
         self.table, self.label_column, self.source = table, label_column, table.source
         self.rank, self.world = distributed.world_from_env()
         self.seed, self.val_cap = seed, val_cap
-        self.train_rows, self.val_rows = split_rows(len(table), val_fraction, seed)
+        if split_column:  # rows marked 'train' train, 'val' validate, the rest are left out
+            part = np.asarray(table.label(split_column)).astype(str)
+            self.train_rows, self.val_rows = np.flatnonzero(part == "train"), np.flatnonzero(part == "val")
+            if not len(self.train_rows) or not len(self.val_rows):
+                raise Prom3eError(f"{table.source}: split column '{split_column}' needs rows marked 'train' and "
+                                  "'val'")
+        else:
+            self.train_rows, self.val_rows = split_rows(len(table), val_fraction, seed)
         self.n_train, self.n_val = len(self.train_rows), len(self.val_rows)
         self.x = torch.from_numpy(table.padded())
         self.present = torch.from_numpy(table.present)

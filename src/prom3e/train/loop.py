@@ -44,13 +44,15 @@ class TrainConfig(Options):
     eps: float = 1e-6
     warmup_steps: int = 50
     restart_epochs: int = 0  # cosine warm restarts every T₀ epochs; 0 = one cosine over the run
-    kl_weight: float = 1e-3
+    kl_weight: float = 1e-4  # λ: the reference's packaged config (its code: 1e-3); see docs/STAGE2.md
+    kl_warmup_epochs: int = 0  # β-annealing: the KL weight ramps linearly from 0 over these epochs
     noise: Literal["dim", "scalar"] = "dim"  # per-dimension ε or the reference's one ε per row
     visible_probs: tuple[float, ...] = (0.9, 0.1)  # P(1 visible), P(2 visible), …
     reconstruct_all: bool = False  # reconstruct every present modality, not only masked ones
     label_column: str | None = None  # same-label rows are not negatives
     dedup: bool = True  # identical target embeddings are not negatives
     val_fraction: float = 0.1
+    split_column: str | None = None  # rows marked 'train' train, 'val' validate (others unused); else val_fraction
     val_cap: int = 4000  # rows used for the per-epoch validation R@1
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -132,13 +134,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, visible: torch.Tensor,
                   targets: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig,
-                  device: torch.device, precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step on one batch (forward under autocast, backward, AdamW). Under
-    torchrun every rank's targets are gathered first: the loss's negatives span the global batch."""
+                  device: torch.device, precision: str, kl_weight: float | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on one batch (forward under autocast, backward, AdamW); ``kl_weight``
+    overrides ``cfg.kl_weight`` (β-annealing). Under torchrun every rank's targets are gathered
+    first: the loss's negatives span the global batch."""
     batch = distributed.gather_batch(x, targets, labels)
     with autocast(device, precision):
-        loss, stats = net(x, visible, targets, labels, kl_weight=cfg.kl_weight, noise=cfg.noise, dedup=cfg.dedup,
-                          batch=batch)
+        loss, stats = net(x, visible, targets, labels, kl_weight=kl_weight if kl_weight is not None else cfg.kl_weight,
+                          noise=cfg.noise, dedup=cfg.dedup, batch=batch)
     if not torch.isfinite(loss):
         return loss, stats
     opt.zero_grad(set_to_none=True)
@@ -159,7 +163,7 @@ class Trainer:
         cfg.validate()
         if isinstance(table, ModalTable):
             table.check_values()  # tables built in memory are not checked by the readers
-            table = InMemorySource(table, cfg.val_fraction, cfg.val_cap, cfg.seed, cfg.label_column)
+            table = InMemorySource(table, cfg.val_fraction, cfg.val_cap, cfg.seed, cfg.label_column, cfg.split_column)
         if table.n_train < 2:
             raise Prom3eError(f"{table.source}: {table.n_train + table.n_val} row(s) leave {table.n_train} for "
                               f"training after the validation split; need at least 2")
@@ -286,8 +290,10 @@ class Trainer:
                     g["lr"] = lr_at(self.step, steps_per_epoch, cfg)
                 x = batch.x.to(self.device, non_blocking=True)
                 lab = batch.labels.to(self.device) if batch.labels is not None else None
+                beta = cfg.kl_weight * min(1.0, (self.step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch)) \
+                    if cfg.kl_warmup_epochs else cfg.kl_weight
                 loss, stats = training_step(net, self.opt, x, visible.to(self.device), targets.to(self.device),
-                                            lab, cfg, self.device, self.precision)
+                                            lab, cfg, self.device, self.precision, beta)
                 if not torch.isfinite(loss):
                     raise Prom3eError(f"training diverged at epoch {self.epoch + 1} step {i} "
                                       f"(loss {loss.item()}); lower --lr or check the data")
@@ -310,8 +316,10 @@ class Trainer:
                 self._log(record)
                 self._checkpoint(improved)
                 if self.progress:
+                    sigma = (f"‖σ‖₁ {record['sigma_l1']:.3g}  logσ² at clip {record['logvar_clip_share']:.0%}  "
+                             if "logvar_clip_share" in record else "")
                     print(f"epoch {self.epoch}/{cfg.epochs}  loss {record['loss']:.4f}  "
-                          f"val R@1 {record['val_r1_mean']:.3f}  ({record['seconds']:.1f}s)", flush=True)
+                          f"val R@1 {record['val_r1_mean']:.3f}  {sigma}({record['seconds']:.1f}s)", flush=True)
         summary = {"epochs": self.epoch, "best_val_r1_mean": self.best, "rank": self.rank,
                    "parameters": self.model.n_params(), "precision": self.precision,
                    "device": str(self.device), "train_rows": self.source.n_train,

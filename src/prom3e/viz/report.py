@@ -142,6 +142,9 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
         if name in figs:
             parts.append(f"![{figs[name]}]({name})\n\n{_setting(m, extra)}\n")
 
+    warning = (m.get("uncertainty", {}).get("check") or {}).get("warning")
+    if warning:
+        parts.append(f"> **{warning[0].upper() + warning[1:]}**\n")
     if claim_rows:
         parts.append("## The paper's claims, checked on this data\n")
         parts.append(_table(["claim", "holds", "evidence"], [list(r) for r in claim_rows]))
@@ -192,6 +195,8 @@ def render(m: dict, figs: dict[str, str], command: str | None = None, csv: str |
     if "uncertainty" in m:
         u = m["uncertainty"]
         parts.append("## 4. Uncertainty (‖σ‖₁ of the posterior)\n")
+        if warning:
+            parts.append(f"> **{warning[0].upper() + warning[1:]}**\n")
         parts.append(_table(["visible subset", "n", "mean ‖σ‖₁", "median", "p10", "p90"],
                             [[_vis(x["visible"]), x["n"], x["sigma_l1_mean"], x["sigma_l1_median"],
                               x["sigma_l1_p10"], x["sigma_l1_p90"]] for x in u["subsets"]]))
