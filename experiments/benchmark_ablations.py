@@ -38,11 +38,12 @@ def moe_determinism(table_path: Path) -> dict:
     """Share of changed predicted classes between two calls: fresh draws (earlier) vs re-seeded (now)."""
     import numpy as np
 
+    from prom3e.data.labels import encode_labels
     from prom3e.methods import create
     from prom3e.methods.base import FitConfig
     from prom3e.methods.benchmark import load_table
     from prom3e.methods.protocols import leaking_modalities, make_split
-    from prom3e.tasks.common import encode_labels, stratified_subsample
+    from prom3e.tasks.common import stratified_subsample
 
     table = load_table(table_path, "species")
     y, _ = encode_labels(table.label("species"))

@@ -125,8 +125,9 @@ def ucsc_tables(out: Path) -> tuple[Path, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from prom3e.data.labels import encode_labels
     from prom3e.data.table import atomic_write
-    from prom3e.tasks.common import encode_labels, stratified_split
+    from prom3e.tasks.common import stratified_split
 
     src = HERE / "out"
     aligned, raw = src / "ucsc_aligned.parquet", src / "ucsc_features.parquet"

@@ -255,8 +255,9 @@ def run_study(aligned: Path, features: Path | None, out: Path, label: str, class
     import torch
 
     from prom3e.api import Fuser
+    from prom3e.data.labels import encode_labels
     from prom3e.data.table import read_table
-    from prom3e.tasks.common import encode_labels, visible_sets
+    from prom3e.tasks.common import visible_sets
     from prom3e.tasks.evaluate import evaluate
     from prom3e.train.loop import train
 

@@ -78,7 +78,7 @@ def test_split_has_validation_inside_training_and_honours_a_split_column() -> No
 
 def test_label_leaking_modality_is_detected_and_left_out() -> None:
     table = generate_table(SynthConfig(n=400, n_species=8, modalities=("image", "sat", "loc", "text")))
-    from prom3e.tasks.common import encode_labels
+    from prom3e.data.labels import encode_labels
 
     y, _ = encode_labels(table.label("species"))
     assert leaking_modalities(table, y, np.arange(300)) == ["text"]  # sat: one tile per cell, not per class
@@ -104,7 +104,7 @@ def test_tuning_reads_no_test_row(tmp_path) -> None:
     """The grid's choice and every validation figure are the same whatever the test rows' values are
     (the split itself is stratified on all labels, so labels stay)."""
     table = generate_table(SynthConfig(n=500, n_species=6, modalities=("image", "loc", "env")))
-    from prom3e.tasks.common import encode_labels
+    from prom3e.data.labels import encode_labels
 
     y, _ = encode_labels(table.label("species"))
     cfg = BenchConfig(methods=["zero-fill"], seeds=[0], fit=FitConfig(epochs=3, batch_size=64, width=16))

@@ -285,6 +285,11 @@ def test_one_config_one_result_and_tasks_independent(table):
         if task == "uncertainty":  # σ's calibration pools the retrieval pairs: none without retrieval
             assert alone[task].pop("calibration")["n"] == 0
             assert full[task].pop("calibration")["n"] > 0
+            assert alone[task]["check"].pop("spearman_rank_mean") is None  # σ's check too
+            assert full[task]["check"].pop("spearman_rank_mean") is not None
+            for m in (alone, full):
+                m[task]["check"].pop("warning")
+                m[task]["check"].pop("passes")
         assert alone[task] == full[task], task
         assert set(alone) == {"schema_version", "settings", task, "claims"}
     with pytest.raises(Prom3eError, match="evaluation option 'class_prototypes': give a table or a path"):
@@ -297,7 +302,7 @@ def test_a_collapsed_sigma_is_flagged_not_reported_as_a_finding(table, tmp_path)
     from prom3e.tasks.uncertainty import sigma_check
 
     torch.manual_seed(0)
-    model = Prom3e(named_config("tiny", table.modalities, table.dims))
+    model = Prom3e(named_config("tiny", table.modalities, table.dims, posterior_head="linear"))
     with torch.no_grad():
         model.logvar_head.weight.zero_()
         model.logvar_head.bias.fill_(-100.0)  # every logσ² at the lower clip, as the reference's collapse

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from prom3e.data.masking import sample_visible, training_targets
+from prom3e.errors import Prom3eError
 from prom3e.models.grouped import group_pairs
 from prom3e.models.prom3e import CONFIGS, Prom3e, named_config
 
@@ -169,8 +170,8 @@ def test_every_named_config_runs_forward_backward(name, objective, tmp_path):
 
 def test_objective_options_are_checked():
     for bad in ({"recon_loss": "mse"}, {"kl_reduction": "max"}, {"n_draws": 0}, {"free_bits": -1.0},
-                {"sigma_calibration": -1.0}):
-        with pytest.raises(ValueError):
+                {"sigma_calibration": -1.0}, {"posterior_head": "bogus"}):
+        with pytest.raises(Prom3eError, match=f"model option '{next(iter(bad))}'"):
             Prom3e(named_config("tiny", MODS, [16] * 4, **bad))
 
 

@@ -193,7 +193,7 @@ def test_sigma_ranks_visible_sets_by_their_true_ambiguity(tmp_path):
     than a species-level view: the trained posterior's ‖σ‖₁ must order the views that way, and
     a second view must lower it (issue 11's ground truth for σ)."""
     from prom3e.api import Fuser
-    from prom3e.tasks.common import spearman
+    from prom3e.metrics import spearman
     from prom3e.train.loop import TrainConfig, train
 
     mods = ("m1", "m2", "m3", "m4")

@@ -188,8 +188,8 @@ def run_benchmark(table: ModalTable, label: str, cfg: BenchConfig, log: Callable
                   store=None) -> dict:
     """Every method × seed on ``table``; with a :class:`~prom3e.methods.store.ResultStore`, each
     finished method × seed is saved (and skipped when resuming) and the report rewritten."""
+    from prom3e.data.labels import encode_labels
     from prom3e.methods.protocols import leaking_modalities, make_split, nonempty_rows
-    from prom3e.tasks.common import encode_labels
 
     cfg.validate()
     codes, classes = encode_labels(table.label(label))

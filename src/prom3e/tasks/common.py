@@ -13,8 +13,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from prom3e.data.labels import encode_labels  # noqa: F401 - re-exported for methods/benchmark.py only
-
 
 class FuserLike(Protocol):
     """What the tasks need from a model (:class:`prom3e.api.Fuser` implements it)."""
