@@ -103,6 +103,8 @@ VARIANTS: dict[str, dict] = {
                                                                       "logvar_clip": 12.0, "sigma_calibration": 1.0}},
     "P_dm_mu1_clip12_cal5": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
                                                                       "logvar_clip": 12.0, "sigma_calibration": 5.0}},
+    "P_dm_mu1_clip12_cal2": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
+                                                                      "logvar_clip": 12.0, "sigma_calibration": 2.0}},
     "P_dm_mu1_clip12_cal20": {"kl_weight": 1e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0,
                                                                        "logvar_clip": 12.0, "sigma_calibration": 20.0}},
     "P_dm_mu1_kl3e-4": {"kl_weight": 3e-4, "model_overrides": {**P, "draw_mean": True, "mu_loss": 1.0}},
@@ -200,7 +202,9 @@ def publish(log: Path) -> Path:
 
     runs = []
     for r in done_runs(log).values():
-        sm = r["summary"]
+        sm = dict(r["summary"])
+        if sm.get("probe") and "frac_probe_mu_pair_ge_raw" not in sm and r["dataset"] != "synthetic":
+            sm["frac_probe_mu_pair_ge_raw"] = sm.get("frac_probe_pair_ge_raw")  # runs that probed μ only
         runs.append({"dataset": r["dataset"], "variant": r["variant"], "seed": r["seed"], "full": r.get("full", True),
                      "epochs": r["train"]["epochs"], "parameters": r["train"]["parameters"],
                      "options": r["options"], "wall_s": r["wall_s"], "seconds": r["seconds"],

@@ -37,7 +37,8 @@ def ablation_table(dataset: str) -> str:
     groups = _by_variant(_runs(dataset, False))
     order = list(load_result("stage2_ablation")["variants"]) + list(load_result("stage2_ablation")["decode"])
     head = ("| variant | seeds | ρ(‖σ‖₁, rank) | ‖σ‖₁ drops | logσ² at clip | recon ≥ cross | R@1 inversion "
-            "| R@1 recon | ZS pair > single | probe pairs ≥ raw LR | probe − raw LR | train s |")
+            "| R@1 recon | ZS pair > single | μ probe pairs ≥ raw LR | model probe pairs ≥ raw LR | probe − raw LR "
+            "| train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for v in sorted(groups, key=lambda x: order.index(x) if x in order else 99):
         rs = groups[v]
@@ -46,7 +47,8 @@ def ablation_table(dataset: str) -> str:
             f"`{v}`", ",".join(str(r["seed"]) for r in rs), _f(_mean(rs, "spearman_sigma_rank_mean")),
             _pct(_mean(rs, "frac_sigma_drops")), _pct(_mean(rs, "clip_share")), _pct(_mean(rs, "frac_recon_ge_cross")),
             _f(_mean(rs, "r1_inversion_mean")), _f(_mean(rs, "r1_reconstruction_mean")),
-            _pct(_mean(rs, "frac_zs_pair_beats_single")), _pct(_mean(rs, "frac_probe_pair_ge_raw")),
+            _pct(_mean(rs, "frac_zs_pair_beats_single")), _pct(_mean(rs, "frac_probe_mu_pair_ge_raw")),
+            _pct(_mean(rs, "frac_probe_pair_ge_raw")),
             "–" if gap is None else f"{100 * gap:+.1f} pts",
             f"{np.mean([r['seconds']['train'] for r in rs]):.0f}"]) + " |")
     return "\n".join(lines) + "\n"
