@@ -92,6 +92,8 @@ def targets_table(dataset: str) -> str:
              f"| target | required | baseline `{base}` | new default `{winner}` | met |", "|---|---|---|---|---|"]
     for label, key, need, ok, fmt in TARGETS:
         vb, vw = _mean(b, key), _mean(w, key)
+        if dataset == "synthetic" and key == "frac_probe_pair_ge_raw":
+            label = "2-modality sets whose probe ≥ raw-feature LR (`prom3e evaluate`'s: C = 1, best of μ and tokens)"
         if key == "r1_inversion_mean":
             met = "–" if vb is None or vw is None else ("yes" if vw >= 0.98 * vb else "no")
             if dataset != "synthetic":
