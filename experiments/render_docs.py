@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import docgen  # noqa: E402
 
-MODULES: list[str] = []
+MODULES: list[str] = ["stage2_docs"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,7 +217,8 @@ def publish(log: Path) -> Path:
                      **{k: sm.get(k) for k in KEYS}, "probe": sm.get("probe")})
     runs.sort(key=lambda r: (r["dataset"], r["full"], r["variant"], r["seed"]))
     return save_result("stage2_ablation", {"runs": runs, "variants": VARIANTS, "decode": DECODE,
-                                             "winner": WINNER, "baseline": BASELINE})
+                                             "winner": WINNER, "baseline": BASELINE,
+                                             "order": [*VARIANTS, *DECODE]})
 
 
 def main(argv: list[str] | None = None) -> int:

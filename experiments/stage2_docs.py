@@ -35,7 +35,8 @@ def _by_variant(rs: list[dict]) -> dict[str, list[dict]]:
 
 def ablation_table(dataset: str) -> str:
     groups = _by_variant(_runs(dataset, False))
-    order = list(load_result("stage2_ablation")["variants"]) + list(load_result("stage2_ablation")["decode"])
+    res = load_result("stage2_ablation")
+    order = res["order"]
     head = ("| variant | seeds | ρ(‖σ‖₁, rank) | ‖σ‖₁ drops | logσ² at clip | recon ≥ cross | R@1 inversion "
             "| R@1 recon | ZS pair > single | μ probe pairs ≥ raw LR | model probe pairs ≥ raw LR | probe − raw LR "
             "| train s |")
@@ -44,7 +45,8 @@ def ablation_table(dataset: str) -> str:
         rs = groups[v]
         gap = _mean(rs, "probe_pair_gap_mean")
         lines.append("| " + " | ".join([
-            f"`{v}`", ",".join(str(r["seed"]) for r in rs), _f(_mean(rs, "spearman_sigma_rank_mean")),
+            f"**`{v}`**" if v == res["winner"] else f"`{v}`", ",".join(str(r["seed"]) for r in rs),
+            _f(_mean(rs, "spearman_sigma_rank_mean")),
             _pct(_mean(rs, "frac_sigma_drops")), _pct(_mean(rs, "clip_share")), _pct(_mean(rs, "frac_recon_ge_cross")),
             _f(_mean(rs, "r1_inversion_mean")), _f(_mean(rs, "r1_reconstruction_mean")),
             _pct(_mean(rs, "frac_zs_pair_beats_single")), _pct(_mean(rs, "frac_probe_mu_pair_ge_raw")),
@@ -148,7 +150,10 @@ def _variants() -> str:
     used = {r["variant"] for r in res["runs"]}
     ref = res["variants"]["ref"]["model_overrides"]
     lines = ["| variant | options (beyond `ref`: the reference objective, KL weight 1e-3) |", "|---|---|"]
-    for name, v in res["variants"].items():
+    for name in res["order"]:
+        if name not in res["variants"]:
+            continue
+        v = res["variants"][name]
         if name not in used:
             continue
         opts = [f"{k}={v['model_overrides'][k]}" for k in v.get("model_overrides", {})
