@@ -242,7 +242,7 @@ def test_a_collapsed_sigma_is_flagged_not_reported_as_a_finding(table, tmp_path)
     from prom3e.tasks.uncertainty import sigma_check
 
     torch.manual_seed(0)
-    model = Prom3e(named_config("tiny", table.modalities, table.dims))
+    model = Prom3e(named_config("tiny", table.modalities, table.dims, posterior_head="linear"))
     with torch.no_grad():
         model.logvar_head.weight.zero_()
         model.logvar_head.bias.fill_(-100.0)  # every logσ² at the lower clip, as the reference's collapse
