@@ -21,7 +21,7 @@ Profiles (docs/BENCHMARK_RESULTS.md says why these sizes; one thread, shared 2-c
   the table; text is not in it: one vector per species).
 - ``birdclef22``: the 5-modality table ``experiments/out/birdclef22/aligned.parquet`` (built by
   ``experiments/birdclef22.py``), label ``primary_label``, its ``split`` column fixes the split,
-  a stratified 3 000 of the 14 894 rows, 8 epochs, grid lr {1e-3, 3e-3} × width 64;
+  a stratified 4 000 of the 14 894 rows, 8 epochs, grid lr {1e-3, 3e-3} × width 64;
   ``taxonomy`` (the alignment anchor: a taxonomic text per species) is a label leak, left out.
 """
 
@@ -44,11 +44,20 @@ PROFILES: dict[str, dict] = {
     # the real tables: one width (64) in the grid, so that both fit one evening on the shared machine
     "ucsc": {"label": "scientific_name", "args": ["--max-rows", "3000", "--epochs", "8", "--widths", "64"]},
     "birdclef22": {"label": "primary_label",
-                   "args": ["--max-rows", "3000", "--epochs", "8", "--widths", "64", "--split-column", "split"]},
+                   "args": ["--max-rows", "4000", "--epochs", "8", "--widths", "64", "--split-column", "split"]},
 }
 QUICK = ["--seeds", "0", "--epochs", "1", "--lrs", "1e-3", "--widths", "16", "--subset-cap", "50",
          "--option", "moe-retriever.tokens=2", "--option", "aoept.n_prototypes=8", "--option", "aoept.prompt_len=2",
          "--option", "aoept-prom3e.n_prototypes=8"]
+
+
+def merged(*arg_lists: list[str]) -> list[str]:
+    """``--flag value`` lists joined, a later list's value replacing an earlier one's (in place)."""
+    out: dict[tuple[str, str], str] = {}
+    for args in arg_lists:
+        for flag, value in zip(args[::2], args[1::2], strict=True):
+            out[(flag, value if flag == "--option" else "")] = value  # --option repeats
+    return [x for (flag, _), value in out.items() for x in (flag, value)]
 
 
 def dataset_table(name: str, data: str | None) -> Path:
@@ -123,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     prof = PROFILES[args.dataset]
     out = Path(args.out) if args.out else OUT / f"bench_{args.dataset}"
     table = dataset_table(args.dataset, args.data)
-    cmd = ["benchmark", "--data", str(table), "--label", args.label or prof["label"], "--out", str(out), *COMMON,
-           *prof["args"]]
-    if args.quick:
-        cmd += QUICK  # later flags win
+    cmd = ["benchmark", "--data", str(table), "--label", args.label or prof["label"], "--out", str(out),
+           *merged(COMMON, prof["args"], QUICK if args.quick else [])]
     full = list(cmd)  # the command the result file names: a --rerun of some methods completes it
     if args.methods:
         cmd += ["--methods", args.methods]
