@@ -54,6 +54,23 @@ def _config_line(r: dict) -> str:
     return text
 
 
+def _still_improving(r: dict) -> str:
+    """A note naming the methods whose best validation epoch was the budget's last in every seed."""
+    from prom3e.methods.prom3e_method import split_epochs
+
+    epochs = r["config"]["epochs"]
+    last = []
+    for m in r.get("order", r["methods"]):
+        be = r["methods"][m]["summary"].get("best_epoch")
+        budget = split_epochs(epochs, 0.5)[1] if m in ("prom3e", "aoept-prom3e") else epochs
+        if be and be["mean"] == budget and be["std"] == 0:
+            last.append(f"`{m}`")
+    if not last:
+        return ""
+    return (f" **Still improving at the end of the budget** (best epoch = the last, every seed): {', '.join(last)}"
+            " — their figures are those of models not trained to convergence at this budget.")
+
+
 def dataset_block(dataset: str) -> str:
     r = _result(dataset)
     if r is None:
@@ -74,7 +91,8 @@ def dataset_block(dataset: str) -> str:
                      f"{_cell(s, 'protocols/natural/auroc', n_want=n)} | {sel} | {_cell(s, 'best_epoch', 1, 1)} | "
                      f"{_cell(s, 'tuning_cpu_seconds', 1, 0)} |")
     lines += ["", f"`best epoch`: of the natural fit, chosen on validation, out of {r['config']['epochs']} — for "
-              "`prom3e` and `aoept-prom3e` out of the task phase's share (the other epochs pre-train).", ""]
+              "`prom3e` and `aoept-prom3e` out of the task phase's share (the other epochs pre-train)."
+              + _still_improving(r), ""]
     lines += ["Estimate of a hidden modality under η = 0.7 (mean over targets). R@1 is computed **in each "
               "method's own space**: `raw` rows share the table's embedding space and compare with each other; "
               "an `own`-space R@1 is not comparable across methods. NM²I per prompted layer for the prompt "
