@@ -122,17 +122,26 @@ def _summary() -> str:
     lines = ["| dataset | ProM3E natural | best other, natural | ProM3E η=0.7 | best other, η=0.7 |",
              "|---|---|---|---|---|"]
     notes = []
+    cells = []  # (dataset, protocol, margin) over every protocol
     for d, title in DATASETS.items():
         r = _result(d)
         if r is None:
             notes.append(f"{title}: " + _not_run(d))
             continue
+        cells += [(title, p, mg[2]) for p in PROTOS if (mg := margins(r, p))]
         row = [title]
         for p in ("natural", "eta0.7"):
             mg = margins(r, p)
             row += ["–", "–"] if mg is None else [f"{mg[0]:.1f}", f"`{mg[1]}` {mg[0] - mg[2]:.1f} ({mg[2]:+.1f})"]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines + ([""] + notes if notes else []))
+    if cells:
+        lost = [c for c in cells if c[2] < 0]
+        worst = min(cells, key=lambda c: c[2])
+        notes.insert(0, f"Over the {len(cells)} dataset × protocol cells (η 0.7, η 0.9, natural, subsets), ProM3E "
+                     f"is below the best other method in **{len(lost)}**"
+                     + (f", by {-max(c[2] for c in lost):.1f} to {-worst[2]:.1f} points (worst: {worst[0]}, "
+                        f"{worst[1]})" if lost else "") + ".")
+    return "\n".join(lines + (["", "\n\n".join(notes)] if notes else []))
 
 
 @renderer("benchmark-ablations")
