@@ -43,9 +43,9 @@ def bound(run: Path, aligned: Path, seed: int = 0) -> dict:
 
     from prom3e.api import Fuser
     from prom3e.data.table import read_table
-    from prom3e.metrics import l2n, spearman
+    from prom3e.metrics import dedup_gallery, l2n, spearman
     from prom3e.tasks.common import mean_or_none
-    from prom3e.tasks.retrieval import dedup_gallery, query_mean, ranks_for_deltas
+    from prom3e.tasks.retrieval import query_mean, ranks_for_deltas
     from prom3e.tasks.uncertainty import rows_with
 
     torch.set_num_threads(1)

@@ -88,7 +88,8 @@ def run(args) -> int:
     from prom3e.methods.store import ResultStore
     from prom3e.methods.tuning import Grid
     from prom3e.runtime import resolve_device
-    from prom3e.tasks.common import encode_labels, stratified_subsample
+    from prom3e.data.labels import encode_labels
+    from prom3e.tasks.common import stratified_subsample
 
     resolve_device(args.device)  # fail early on --device cuda without CUDA
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
