@@ -105,7 +105,7 @@ CONFIGS: dict[str, dict] = {
     "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2, **OBJECTIVE),
     "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4, **OBJECTIVE),
     # the reference's model (27,328,514 parameters at 6 × 512-d), its posterior read-out and objective included;
-    # its training settings (one ε per row, reconstruct every modality, λ = 1e-3) are TrainConfig's: PAPER_TRAINING
+    # its training settings (one ε per row, reconstruct all, λ = 1e-3) are TrainConfig options (docs/MODEL.md)
     "paper": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, posterior_head="none",
                   block_mlp_norm=True, decoder_norm=True, shared_logit_scale=True, sample_average="latent",
                   token_init_std=1.0),
