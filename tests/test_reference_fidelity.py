@@ -184,3 +184,17 @@ def test_paper_trains_as_the_reference_and_round_trips(tmp_path, small_table):
     torch.testing.assert_close(got.logvar, want.logvar)
     rec = fuser.reconstruct(table.take(np.arange(40)), targets=[table.modalities[0]], n_samples=3, seed=7)
     torch.testing.assert_close(rec[table.modalities[0]], want_rec)
+
+
+def test_the_documented_reference_training_config_is_valid():
+    """docs/MODEL.md's YAML for training `paper` as the reference is a valid TrainConfig."""
+    from pathlib import Path
+
+    import yaml
+
+    from prom3e.train.loop import TrainConfig
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "MODEL.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = TrainConfig.from_dict(yaml.safe_load(block))
+    assert (cfg.model, cfg.noise, cfg.reconstruct_all, cfg.kl_weight) == ("paper", "scalar", True, 1e-3)
