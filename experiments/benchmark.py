@@ -11,15 +11,18 @@ method's results), then writes the summary
 ``experiments/results/benchmark_<dataset>.json`` and re-renders the docs' generated blocks
 (``experiments/benchmark_docs.py``). One thread, as every figure in the docs.
 
-Profiles (sized so that one dataset's run — every method × 3 seeds × the grid, 3 training regimes
-each — takes ≈ 60–90 min at one thread on the shared development machine):
+Profiles (docs/BENCHMARK_RESULTS.md says why these sizes; one thread, shared 2-core machine):
 
 - ``synthetic``: ``prom3e synth`` defaults (20 000 rows, 100 species, 6 modalities), a stratified
-  5 000-row subsample; ``text`` (one vector per species) is detected as a label leak and left out.
-- ``ucsc``: ucsc-plants, image (PCA-64 of EfficientNet-Lite0) + date, all 6 021 rows
-  (``experiments/ucsc_benchmark.py`` builds the table; text is not in it: one vector per species).
+  4 000-row subsample, 10 epochs, grid lr {1e-3, 3e-3} × width {64, 128}; ``text`` (one vector
+  per species) is detected as a label leak and left out.
+- ``ucsc``: ucsc-plants, image (PCA-64 of EfficientNet-Lite0) + date, a stratified 3 000 of the
+  6 021 rows, 8 epochs, grid lr {1e-3, 3e-3} × width 64 (``experiments/ucsc_benchmark.py`` builds
+  the table; text is not in it: one vector per species).
 - ``birdclef22``: the 5-modality table ``experiments/out/birdclef22/aligned.parquet`` (built by
-  ``experiments/birdclef22.py``), label ``primary_label``, its ``split`` column fixes the split.
+  ``experiments/birdclef22.py``), label ``primary_label``, its ``split`` column fixes the split,
+  a stratified 2 500 of the 14 894 rows, 6 epochs, grid lr {1e-3, 3e-3} × width 64;
+  ``taxonomy`` (the alignment anchor: a taxonomic text per species) is a label leak, left out.
 """
 
 from __future__ import annotations
@@ -41,11 +44,20 @@ PROFILES: dict[str, dict] = {
     # the real tables: one width (64) in the grid, so that both fit one evening on the shared machine
     "ucsc": {"label": "scientific_name", "args": ["--max-rows", "3000", "--epochs", "8", "--widths", "64"]},
     "birdclef22": {"label": "primary_label",
-                   "args": ["--max-rows", "2500", "--epochs", "8", "--widths", "64", "--split-column", "split"]},
+                   "args": ["--max-rows", "2500", "--epochs", "6", "--widths", "64", "--split-column", "split"]},
 }
 QUICK = ["--seeds", "0", "--epochs", "1", "--lrs", "1e-3", "--widths", "16", "--subset-cap", "50",
          "--option", "moe-retriever.tokens=2", "--option", "aoept.n_prototypes=8", "--option", "aoept.prompt_len=2",
          "--option", "aoept-prom3e.n_prototypes=8"]
+
+
+def merged(*arg_lists: list[str]) -> list[str]:
+    """``--flag value`` lists joined, a later list's value replacing an earlier one's (in place)."""
+    out: dict[tuple[str, str], str] = {}
+    for args in arg_lists:
+        for flag, value in zip(args[::2], args[1::2], strict=True):
+            out[(flag, value if flag == "--option" else "")] = value  # --option repeats
+    return [x for (flag, _), value in out.items() for x in (flag, value)]
 
 
 def dataset_table(name: str, data: str | None) -> Path:
@@ -120,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     prof = PROFILES[args.dataset]
     out = Path(args.out) if args.out else OUT / f"bench_{args.dataset}"
     table = dataset_table(args.dataset, args.data)
-    cmd = ["benchmark", "--data", str(table), "--label", args.label or prof["label"], "--out", str(out), *COMMON,
-           *prof["args"]]
-    if args.quick:
-        cmd += QUICK  # later flags win
+    cmd = ["benchmark", "--data", str(table), "--label", args.label or prof["label"], "--out", str(out),
+           *merged(COMMON, prof["args"], QUICK if args.quick else [])]
     full = list(cmd)  # the command the result file names: a --rerun of some methods completes it
     if args.methods:
         cmd += ["--methods", args.methods]

@@ -54,6 +54,23 @@ def _config_line(r: dict) -> str:
     return text
 
 
+def _still_improving(r: dict) -> str:
+    """A note naming the methods whose best validation epoch was the budget's last in every seed."""
+    from prom3e.methods.prom3e_method import split_epochs
+
+    epochs = r["config"]["epochs"]
+    last = []
+    for m in r.get("order", r["methods"]):
+        be = r["methods"][m]["summary"].get("best_epoch")
+        budget = split_epochs(epochs, 0.5)[1] if m in ("prom3e", "aoept-prom3e") else epochs
+        if be and be["mean"] == budget and be["std"] == 0:
+            last.append(f"`{m}`")
+    if not last:
+        return ""
+    return (f" **Still improving at the end of the budget** (best epoch = the last, every seed): {', '.join(last)}"
+            " — their figures are those of models not trained to convergence at this budget.")
+
+
 def dataset_block(dataset: str) -> str:
     r = _result(dataset)
     if r is None:
@@ -74,7 +91,8 @@ def dataset_block(dataset: str) -> str:
                      f"{_cell(s, 'protocols/natural/auroc', n_want=n)} | {sel} | {_cell(s, 'best_epoch', 1, 1)} | "
                      f"{_cell(s, 'tuning_cpu_seconds', 1, 0)} |")
     lines += ["", f"`best epoch`: of the natural fit, chosen on validation, out of {r['config']['epochs']} — for "
-              "`prom3e` and `aoept-prom3e` out of the task phase's share (the other epochs pre-train).", ""]
+              "`prom3e` and `aoept-prom3e` out of the task phase's share (the other epochs pre-train)."
+              + _still_improving(r), ""]
     lines += ["Estimate of a hidden modality under η = 0.7 (mean over targets). R@1 is computed **in each "
               "method's own space**: `raw` rows share the table's embedding space and compare with each other; "
               "an `own`-space R@1 is not comparable across methods. NM²I per prompted layer for the prompt "
@@ -104,17 +122,26 @@ def _summary() -> str:
     lines = ["| dataset | ProM3E natural | best other, natural | ProM3E η=0.7 | best other, η=0.7 |",
              "|---|---|---|---|---|"]
     notes = []
+    cells = []  # (dataset, protocol, margin) over every protocol
     for d, title in DATASETS.items():
         r = _result(d)
         if r is None:
             notes.append(f"{title}: " + _not_run(d))
             continue
+        cells += [(title, p, mg[2]) for p in PROTOS if (mg := margins(r, p))]
         row = [title]
         for p in ("natural", "eta0.7"):
             mg = margins(r, p)
             row += ["–", "–"] if mg is None else [f"{mg[0]:.1f}", f"`{mg[1]}` {mg[0] - mg[2]:.1f} ({mg[2]:+.1f})"]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines + ([""] + notes if notes else []))
+    if cells:
+        lost = [c for c in cells if c[2] < 0]
+        worst = min(cells, key=lambda c: c[2])
+        notes.insert(0, f"Over the {len(cells)} dataset × protocol cells (η 0.7, η 0.9, natural, subsets), ProM3E "
+                     f"is below the best other method in **{len(lost)}**"
+                     + (f", by {-max(c[2] for c in lost):.1f} to {-worst[2]:.1f} points (worst: {worst[0]}, "
+                        f"{worst[1]})" if lost else "") + ".")
+    return "\n".join(lines + (["", "\n\n".join(notes)] if notes else []))
 
 
 @renderer("benchmark-ablations")

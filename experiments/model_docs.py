@@ -11,7 +11,9 @@ DATASETS = {"synthetic": "synthetic default", "birdclef22": "birdclef22", "ucsc"
 # (what changes, variant without it, variant with it): variants of experiments/stage2_ablation.py
 PAIRS = [
     ("the default objective (PoE σ, 4-draw mixture InfoNCE with μ as a draw, loss on μ, KL summed, "
-     "λ = 1e-4) instead of the reference objective (1 draw, KL mean, λ = 1e-3)", "ref", "P_dm_mu1"),
+     "λ = 1e-4, logσ² clip ±12) instead of the reference objective (1 draw, KL mean, λ = 1e-3, clip ±8)",
+     "ref", "P_dm_mu1_clip12"),
+    ("logσ² clipped at ±12 instead of ±8 (the default objective otherwise)", "P_dm_mu1", "P_dm_mu1_clip12"),
     ("σ from a product of per-modality experts instead of a Linear head (4-draw objective, KL sum, λ = 1e-4)",
      "mc4_kl_sum_1e-4", "poe_mc4_kl_sum_1e-4"),
     ("λ = 1e-4 instead of the reference's 1e-3 (PoE σ, 4 draws, μ as a draw, KL sum)",

@@ -3,13 +3,9 @@ other experiments will render (left as they are until their module is registered
 
 from __future__ import annotations
 
-from docgen import load_result, pending, renderer
+from docgen import load_result, renderer
 
 from prom3e.tasks.claims import TITLES, evidence, verdict
-
-pending("benchmark-summary", "experiments/benchmark_docs.py (the method benchmark)")
-pending("stage2-summary", "the stage-2 study's renderers (experiments/stage2_*.py)")
-pending("speed-summary", "experiments/speed.py, once experiments/results/speed.json is measured")
 
 
 def _cell(claims: dict, name: str) -> str:

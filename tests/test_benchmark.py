@@ -82,6 +82,17 @@ def test_label_leaking_modality_is_detected_and_left_out() -> None:
 
     y, _ = encode_labels(table.label("species"))
     assert leaking_modalities(table, y, np.arange(300)) == ["text"]  # sat: one tile per cell, not per class
+    rows = np.arange(300)
+    text = table.features[3].copy()  # a few rows with a second text, two species sharing one
+    odd = rows[(y[rows] == 0)][:2]
+    text[odd] += 1.0
+    text[y == 2] = text[np.flatnonzero(y == 1)[0]]
+    almost = ModalTable(table.modalities, [*table.features[:3], text], table.present, dict(table.meta))
+    assert leaking_modalities(almost, y, rows) == ["text"]
+    noisy = text.copy()
+    noisy[rows[::5]] += np.random.default_rng(0).normal(size=(len(rows[::5]), text.shape[1])).astype(np.float32)
+    assert leaking_modalities(ModalTable(table.modalities, [*table.features[:3], noisy], table.present,
+                                         dict(table.meta)), y, rows) == []  # 20 % of rows off their class vector
     cfg = BenchConfig(methods=["zero-fill", "mean-impute"], seeds=[0, 1, 2], fit=TINY)
     res = run_benchmark(table, "species", cfg, log=lambda s: None)
     c = res["config"]

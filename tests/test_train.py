@@ -36,7 +36,8 @@ def test_run_folder_contents_and_loss_decreases(tiny_run):
 
 
 def test_training_is_deterministic_and_resume_continues_exactly(tmp_path, small_table):
-    cfg = TrainConfig(epochs=3, seed=3, **FAST)
+    # one thread: with several, the 4-draw objective's float sums may differ in their last bits
+    cfg = TrainConfig(epochs=3, seed=3, threads=1, **FAST)
     train(small_table, tmp_path / "a", cfg, progress=False)
     train(small_table, tmp_path / "b", cfg, progress=False)
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")

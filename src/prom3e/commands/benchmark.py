@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from prom3e.commands.common import add_common, add_overwrite, count, int_list, number, number_list, subparser
-from prom3e.errors import Prom3eError
-from prom3e.io import check_output_dir
-from prom3e.methods import METHODS
 
 EXAMPLES = """\
   prom3e synth --out synth.parquet
@@ -22,6 +19,8 @@ OUTPUTS = ("results*",)  # results.json, results.md, results.png (and partial re
 
 
 def add_parser(sub) -> None:
+    from prom3e.methods import METHODS
+
     p = subparser(sub, "benchmark", "Compare ProM3E, CMPT, AOEPT, MoE-Retriever and baselines on a table.",
                   EXAMPLES)
     p.add_argument("--data", required=True, help="Parquet table (the data contract)")
@@ -45,7 +44,8 @@ def add_parser(sub) -> None:
                    help="eta (default): each η protocol trains at that η; natural: one model, natural missingness")
     p.add_argument("--keep-leaking", action="store_true",
                    help="keep one-vector-per-class modalities (label leaks) as inputs (default: left out)")
-    p.add_argument("--split-column", help="metadata column of train/val/test values that fixes the split")
+    p.add_argument("--split-column", help="metadata column of train/val/test values that fixes the split "
+                   "(default: none: a stratified split per seed)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings; the report "
                    "keeps every method finished there, e.g. --resume --methods prom3e adds or completes ProM3E)")
     p.add_argument("--rerun", action="store_true", help="with --resume: fit --methods again where they had "
@@ -65,6 +65,8 @@ def add_parser(sub) -> None:
 def parse_options(items: list[str]) -> dict[str, dict]:
     import yaml
 
+    from prom3e.errors import Prom3eError
+
     out: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -79,14 +81,14 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from prom3e.data.labels import encode_labels
     from prom3e.errors import Prom3eError
+    from prom3e.io import check_output_dir
     from prom3e.methods import METHODS, FitConfig
     from prom3e.methods.benchmark import BenchConfig, load_table, run_benchmark, write_outputs
     from prom3e.methods.store import ResultStore
     from prom3e.methods.tuning import Grid
     from prom3e.runtime import resolve_device
-    from prom3e.tasks.common import stratified_subsample
+    from prom3e.tasks.common import encode_labels, stratified_subsample
 
     resolve_device(args.device)  # fail early on --device cuda without CUDA
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -52,14 +52,35 @@ def nonempty_rows(table: ModalTable) -> np.ndarray:
     return rows
 
 
-def leaking_modalities(table: ModalTable, y: np.ndarray, rows: np.ndarray) -> list[str]:
-    """Modalities that are one vector per class on ``rows`` (training rows): label leaks."""
-    from prom3e.tasks.zeroshot import detect_class_modality
+LEAK_SHARE = 0.95  # a class's most common vector covers at least this share of its rows
+LEAK_DISTINCT = 2.0  # ... and there are at most this many distinct vectors per class
 
+
+def leaking_modalities(table: ModalTable, y: np.ndarray, rows: np.ndarray) -> list[str]:
+    """Modalities that are (almost) one vector per class on ``rows`` (training rows): label leaks.
+
+    Over the rows where the modality is present: at most ``LEAK_DISTINCT`` × the number of
+    classes distinct vectors, and each class's most common vector covers ≥ ``LEAK_SHARE`` of
+    the class's rows. A taxonomic text per species qualifies even when a few rows carry a
+    second text or a few species share one (birdclef22's `taxonomy`: 158 vectors for 152
+    species); a continuous modality has far more distinct vectors than classes.
+    """
     out = []
     for m, name in enumerate(table.modalities):
-        f = table.features[m][rows]
-        if detect_class_modality([f], table.present[rows, m:m + 1], [name], y[rows]) is not None:
+        sel = rows[table.present[rows, m] & (y[rows] >= 0)]
+        if len(sel) < 2:
+            continue
+        yc = y[sel].astype(np.int64)
+        n_cls = len(np.unique(yc))
+        _, vid = np.unique(np.ascontiguousarray(table.features[m][sel]), axis=0, return_inverse=True)
+        vid = vid.reshape(-1)
+        n_vec = int(vid.max()) + 1
+        if n_cls < 2 or n_vec > LEAK_DISTINCT * n_cls:
+            continue
+        pairs, counts = np.unique(yc * n_vec + vid, return_counts=True)
+        best = np.zeros(int(yc.max()) + 1, np.int64)
+        np.maximum.at(best, pairs // n_vec, counts)  # each class's most common vector
+        if best.sum() >= LEAK_SHARE * len(sel):
             out.append(name)
     return out
 
