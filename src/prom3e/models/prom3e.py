@@ -15,15 +15,15 @@ Two exact shortcuts keep the work to what is needed:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prom3e.config import Options
 from prom3e.errors import Prom3eError
+from prom3e.models.config import CONFIGS, OBJECTIVE, Prom3eConfig, named_config  # noqa: F401 (re-exported)
 from prom3e.models.grouped import ModalityMLP, group_pairs, remote_targets
 from prom3e.models.losses import contrastive_reconstruction, kl_divergence
 from prom3e.models.objectives import clip_share, csd_bce, kl_terms, mc_infonce, sigma_calibration
@@ -32,79 +32,6 @@ if TYPE_CHECKING:
     from prom3e.distributed import GlobalBatch
 
 N_SPECIAL = 2  # [mu], [logvar]
-
-
-@dataclass
-class Prom3eConfig(Options):
-    modalities: list[str] = field(default_factory=list)
-    dims: list[int] = field(default_factory=list)
-    embed_dim: int = 256  # E
-    depth: int = 1
-    heads: int = 8
-    mlp_dim: int = 512
-    registers: int = 4
-    dropout: float = 0.0
-    logvar_clip: float = 8.0  # guard: |logσ²| ≤ clip keeps the KL finite
-    # How logσ² is read off the [logvar] output. "none" (the reference): the post-LayerNorm
-    # token itself, whose scale the shared LN fixes, so σ stays near 1 and the noise swamps
-    # the unit-norm μ. "affine": a learned per-dimension scale and shift (+2E parameters),
-    # shift initialised at init_logvar. "linear": Linear heads on both [mu] and [logvar]. "poe": μ as
-    # "linear"; σ as a product of Gaussian experts — 1/σ² = prior precision + Σ over the visible
-    # modalities of a precision read off each modality's own token — so adding a modality can
-    # only lower σ, and how much it lowers it is learned per modality and per input.
-    posterior_head: Literal["none", "affine", "linear", "poe"] = "linear"
-    # "poe" only: the experts read each modality's token without steering it (no gradient from
-    # σ's objectives into the shared projectors, which then serve μ alone)
-    poe_detach: bool = False
-    init_logvar: float = -4.0
-    # The training objective (models/objectives.py). recon_loss: "infonce" (the reference: one
-    # draw, softmax over the batch), "mc_infonce" (−log of the mean probability over n_draws
-    # draws) or "csd_bce" (PCME++'s sigmoid loss on the sampled distance over n_draws draws).
-    recon_loss: Literal["infonce", "mc_infonce", "csd_bce"] = "infonce"
-    n_draws: int = 1  # posterior draws per row and step
-    draw_mean: bool = False  # the first of the n_draws draws is μ itself: a noise-free path for the decoders
-    mu_loss: float = 0.0  # weight of an extra one-draw loss (recon_loss's form) on μ itself: keeps μ sharp
-    kl_reduction: Literal["mean", "sum"] = "mean"  # KL over dims: "mean" (the reference) or "sum" (the VAE's)
-    free_bits: float = 0.0  # per-dimension KL floor (nats), 0 = off
-    # weight of the term tying each row's mean logσ² to its expected reconstruction loss
-    # (objectives.sigma_calibration); 0 = off
-    sigma_calibration: float = 0.0
-
-    WHAT: ClassVar[str] = "model option"
-    BOUNDS: ClassVar[dict[str, str]] = {"dims": ">= 1", "embed_dim": ">= 1", "depth": ">= 1", "heads": ">= 1",
-                                        "mlp_dim": ">= 1", "registers": ">= 0", "dropout": "[0, 1)",
-                                        "logvar_clip": "> 0", "n_draws": ">= 1", "mu_loss": ">= 0",
-                                        "free_bits": ">= 0", "sigma_calibration": ">= 0"}
-
-    def check(self) -> None:
-        if len(self.dims) != len(self.modalities) or len(set(self.modalities)) != len(self.modalities):
-            self.fail("dims", f"need one dim per distinct modality, got {len(self.dims)} dims for "
-                              f"{len(self.modalities)} modalities")
-        if self.embed_dim % self.heads:
-            self.fail("heads", f"must divide embed_dim ({self.embed_dim}), got {self.heads}")
-
-
-# The objective of the study in docs/STAGE2.md (the reference's is the dataclass default): σ from a
-# product of per-modality experts, a 4-draw mixture likelihood with μ as one of the draws plus a
-# loss on μ, the KL summed over dimensions, logσ² clipped at ±12.
-OBJECTIVE = dict(posterior_head="poe", recon_loss="mc_infonce", n_draws=4, draw_mean=True, mu_loss=1.0,
-                 kl_reduction="sum", logvar_clip=12.0)
-
-# Named configs: architecture and objective; modalities and dims come from the data.
-CONFIGS: dict[str, dict] = {
-    "tiny": dict(embed_dim=32, depth=1, heads=2, mlp_dim=64, registers=2, **OBJECTIVE),
-    "base": dict(embed_dim=256, depth=1, heads=8, mlp_dim=512, registers=4, **OBJECTIVE),
-    # the reference architecture exactly (27.3 M at 6 × 512-d), its posterior read-out and objective included
-    "paper": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, posterior_head="none"),
-    # the paper's shapes with this study's posterior and objective: the recommended large model
-    "large": dict(embed_dim=1024, depth=1, heads=8, mlp_dim=2048, registers=4, **OBJECTIVE),
-}
-
-
-def named_config(name: str, modalities: list[str], dims: list[int], **overrides) -> Prom3eConfig:
-    if name not in CONFIGS:
-        raise Prom3eError(f"unknown model config '{name}' (have: {', '.join(CONFIGS)})")
-    return Prom3eConfig.from_dict({**CONFIGS[name], **overrides, "modalities": list(modalities), "dims": list(dims)})
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -130,7 +57,11 @@ class Posterior:
 
 
 class Block(nn.Module):
-    """Post-LN Transformer block (as the reference) with SDPA attention."""
+    """Post-LN Transformer block (as the reference) with SDPA attention: the fast path.
+
+    ``x = ln1(x + attn(x)); x = ln2(x + mlp(x))``, ``mlp = [LN →] Linear → GELU → Linear``;
+    :class:`prom3e.models.plain.PlainBlock` is the same block written plainly.
+    """
 
     def __init__(self, cfg: Prom3eConfig):
         super().__init__()
@@ -139,6 +70,7 @@ class Block(nn.Module):
         self.qkv = nn.Linear(e, 3 * e)
         self.proj = nn.Linear(e, e)
         self.ln1 = nn.LayerNorm(e)
+        self.ln_mlp = nn.LayerNorm(e) if cfg.block_mlp_norm else None
         self.fc1 = nn.Linear(e, cfg.mlp_dim)
         self.fc2 = nn.Linear(cfg.mlp_dim, e)
         self.ln2 = nn.LayerNorm(e)
@@ -171,7 +103,8 @@ class Block(nn.Module):
         return self._mlp(x)
 
     def _mlp(self, x: Tensor) -> Tensor:
-        return self.ln2(x + self.drop(self.fc2(F.gelu(self.fc1(x)))))
+        h = self.ln_mlp(x) if self.ln_mlp is not None else x
+        return self.ln2(x + self.drop(self.fc2(F.gelu(self.fc1(h)))))
 
     def _constant_queries(self, prefix: Tensor, rest: Tensor, rest_ok: Tensor, n: int) -> Tensor:
         """The same result when the queries are batch-constant prefix tokens (a 1-layer model).
@@ -206,13 +139,15 @@ class Prom3e(nn.Module):
         self.cfg = cfg
         m, e = len(cfg.modalities), cfg.embed_dim
         self.project = ModalityMLP(cfg.dims, e, [e] * m, in_norm=True)
-        self.modality_embed = nn.Parameter(torch.randn(m, e) * 0.02)
-        self.prefix = nn.Parameter(torch.randn(N_SPECIAL + cfg.registers, e) * 0.02)
+        self.modality_embed = nn.Parameter(torch.randn(m, e) * cfg.token_init_std)
+        self.prefix = nn.Parameter(torch.randn(N_SPECIAL + cfg.registers, e) * cfg.token_init_std)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.decode_mlp = ModalityMLP([e] * m, e, cfg.dims, in_norm=False)
-        # contrastive reconstruction logits = α·distance + β, α < 0 kept by construction
-        self.alpha_raw = nn.Parameter(torch.full((m,), math.log(math.expm1(5.0))))  # α = −5
-        self.beta = nn.Parameter(torch.full((m,), 5.0))
+        self.decode_mlp = ModalityMLP([e] * m, e, cfg.dims, in_norm=cfg.decoder_norm)
+        # contrastive reconstruction logits = α·distance + β, α < 0 kept by construction;
+        # one pair per modality, or one shared by all (shared_logit_scale)
+        n_scale = 1 if cfg.shared_logit_scale else m
+        self.alpha_raw = nn.Parameter(torch.full((n_scale,), math.log(math.expm1(5.0))))  # α = −5
+        self.beta = nn.Parameter(torch.full((n_scale,), 5.0))
         if cfg.posterior_head == "affine":
             self.logvar_scale = nn.Parameter(torch.full((e,), 0.1))
             self.logvar_shift = nn.Parameter(torch.full((e,), cfg.init_logvar))
@@ -233,7 +168,15 @@ class Prom3e(nn.Module):
 
     @property
     def alpha(self) -> Tensor:
+        """α ``[M]`` (or ``[1]`` when shared by the modalities), negative by construction."""
         return -F.softplus(self.alpha_raw)
+
+    def logit_scale(self, used: Tensor) -> tuple[Tensor, Tensor]:
+        """(α, β) of the contrastive logits for modalities ``used [U]`` → two ``[U]`` tensors."""
+        alpha = self.alpha
+        if self.cfg.shared_logit_scale:
+            return alpha.expand(len(used)), self.beta.expand(len(used))
+        return alpha[used], self.beta[used]
 
     def n_params(self) -> int:
         """Trainable parameters, not counting the zero padding of unequal modality dims."""
@@ -313,6 +256,8 @@ class Prom3e(nn.Module):
         """Average of ``n`` decoded draws z = μ + σ·ε → (unit-norm mean ``[T, B, Dmax]``,
         the draws ``[T, n, B, Dmax]`` if ``keep_draws``).
 
+        With ``sample_average: latent`` (the reference) the mean is instead the decoding of
+        the mean of the ``n`` draws of z (the draws, if kept, are still each draw decoded).
         The draws are decoded one at a time: buffers of one batch stay small and hot,
         where one ``[T, n·B, ·]`` pass spends much of its time moving memory.
         """
@@ -324,6 +269,12 @@ class Prom3e(nn.Module):
         weights = self.decode_mlp.weights(used, cast)  # sliced and cast once, not per draw
         eps = torch.randn((n, *post.mu.shape), generator=generator, device=device)
         std = torch.exp(0.5 * post.logvar)
+        if self.cfg.sample_average == "latent":
+            mean = self.decode(torch.addcmul(post.mu, std, eps.mean(0)), used, weights)
+            if not keep_draws:
+                return mean, None
+            draws = [self.decode(torch.addcmul(post.mu, std, eps[i]), used, weights) for i in range(n)]
+            return mean, torch.stack(draws, 1)
         draws = [self.decode(torch.addcmul(post.mu, std, eps[0]), used, weights)]  # [T, B, Dmax] each
         total = draws[0].clone()
         for i in range(1, n):
@@ -362,11 +313,12 @@ class Prom3e(nn.Module):
         remote = remote_targets(batch, g.used) if batch is not None else None
         within = (batch.start, batch.size) if batch is not None else None
         calibrate = cfg.sigma_calibration > 0
+        scale = self.logit_scale(g.used)
         if cfg.recon_loss == "infonce" and cfg.n_draws == 1 and not cfg.draw_mean and not cfg.mu_loss:  # reference
             z = self.sample(post, 1, noise=noise, within=within)[0]
             pred = F.normalize(self.decode_mlp(_gather_rows(z, pick), g.used).float(), dim=-1)
             out = contrastive_reconstruction(
-                pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup, remote, per_entry=calibrate
+                pred, true, g.valid, *scale, lab, dedup, remote, per_entry=calibrate
             )
             recon, acc, each = out if calibrate else (*out, None)
         elif pick.numel() == 0:  # nothing to reconstruct in this batch
@@ -386,15 +338,15 @@ class Prom3e(nn.Module):
             pred = F.normalize(self.decode_mlp(zk, g.used).float(), dim=-1)
             pred = pred.view(u, k, c, -1).transpose(0, 1)  # [K, U, C, D]
             if cfg.recon_loss == "csd_bce":
-                recon, acc, each = csd_bce(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup)
+                recon, acc, each = csd_bce(pred, true, g.valid, *scale, lab, dedup)
             else:
-                recon, acc, each = mc_infonce(pred, true, g.valid, self.alpha[g.used], self.beta[g.used], lab, dedup,
+                recon, acc, each = mc_infonce(pred, true, g.valid, *scale, lab, dedup,
                                               remote)
             if cfg.mu_loss > 0:
                 pred_mu = F.normalize(self.decode_mlp(_gather_rows(post.mu, pick), g.used).float(), dim=-1)[None]
                 mu_fn = csd_bce if cfg.recon_loss == "csd_bce" else mc_infonce
                 extra = (remote,) if mu_fn is mc_infonce else ()
-                recon = recon + cfg.mu_loss * mu_fn(pred_mu, true, g.valid, self.alpha[g.used], self.beta[g.used],
+                recon = recon + cfg.mu_loss * mu_fn(pred_mu, true, g.valid, *scale,
                                                     lab, dedup, *extra)[0]
         if cfg.kl_reduction == "mean" and cfg.free_bits == 0:
             kl = kl_divergence(post.mu, post.logvar)
