@@ -81,6 +81,7 @@ def run(args) -> int:
     import numpy as np
     import torch
 
+    from prom3e.data.labels import encode_labels
     from prom3e.errors import Prom3eError
     from prom3e.io import check_output_dir
     from prom3e.methods import METHODS, FitConfig
@@ -88,7 +89,7 @@ def run(args) -> int:
     from prom3e.methods.store import ResultStore
     from prom3e.methods.tuning import Grid
     from prom3e.runtime import resolve_device
-    from prom3e.tasks.common import encode_labels, stratified_subsample
+    from prom3e.tasks.common import stratified_subsample
 
     resolve_device(args.device)  # fail early on --device cuda without CUDA
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
