@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import docgen  # noqa: E402
 
 MODULES: list[str] = ["serve_load", "scale_figures", "memory_100k", "distributed_gather", "benchmark_docs",
-                      "core_results", "ucsc_stage1", "ucsc_eval", "results_docs"]
+                      "core_results", "ucsc_stage1", "ucsc_eval", "speed", "results_docs"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from prom3e.tasks.claims import TITLES, evidence, verdict
 
 pending("benchmark-summary", "experiments/benchmark_docs.py (the method benchmark)")
 pending("stage2-summary", "the stage-2 study's renderers (experiments/stage2_*.py)")
-pending("speed-summary", "experiments/speed.py, once experiments/results/speed.json is measured")
 
 
 def _cell(claims: dict, name: str) -> str:

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = {
         "train": perf(["train", "--config", "paper", "--batch", "1024", "--threads", t, "--repeats", r]),
         "encode": perf(["encode", "--config", "paper", "--batch", "1024", "--threads", t, "--repeats", r]),
-        "e2e": perf(["e2e", "--out", str(ROOT / "experiments" / "out" / "e2e"), "--threads", t]),
+        "e2e": perf(["e2e", "--out", str(ROOT / "experiments" / "out" / "e2e"), "--threads", t, "--overwrite"]),
     }
-    runs["e2e"]["command"] = f"prom3e perf e2e --out experiments/out/e2e --threads {t}"
+    runs["e2e"]["command"] = f"prom3e perf e2e --out experiments/out/e2e --threads {t} --overwrite"
     print(f"wrote {save_result(NAME, {'threads': args.threads, 'runs': runs})}")
     return 0
 

@@ -50,8 +50,9 @@ SPEC = {
 }
 
 
-def embed_text_date(data: Path, out: Path) -> tuple[pa.Table, float]:
-    """Embed the taxonomic text and the date of every observation (once for all seeds)."""
+def embed_text_date(data: Path, out: Path) -> tuple[pa.Table, float, int]:
+    """Embed the taxonomic text and the date of every observation (once for all seeds; rows
+    embedded by an earlier run of this script are reused): the table, seconds, rows embedded now."""
     from prom3e.encoders.embed import embed
     from prom3e.encoders.spec import parse_spec
 
@@ -59,7 +60,7 @@ def embed_text_date(data: Path, out: Path) -> tuple[pa.Table, float]:
     td_path = out / "ucsc_text_date.parquet"
     s = embed(data / "observations.csv", parse_spec(SPEC, "ucsc_stage1.SPEC"), td_path)
     print("\n".join(s.lines()))
-    return pq.read_table(td_path), time.time() - t0
+    return pq.read_table(td_path), time.time() - t0, s.embedded
 
 
 def build_features(data: Path, out: Path, t: pa.Table, seed: int, tag: str = "") -> Path:
@@ -94,10 +95,10 @@ def build_features(data: Path, out: Path, t: pa.Table, seed: int, tag: str = "")
 
 def evaluate(features: Path, aligned: Path, seed: int) -> dict:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, f1_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from prom3e import metrics
     from prom3e.data.table import read_table
 
     raw, z = read_table(features), read_table(aligned)
@@ -113,9 +114,8 @@ def evaluate(features: Path, aligned: Path, seed: int) -> dict:
                  "n_classes": int(len(classes))}
 
     def scores(name: str, p: np.ndarray) -> None:
-        res[name] = {"acc": float((p == y[test]).mean()),
-                     "balanced_acc": float(balanced_accuracy_score(y[test], p)),
-                     "macro_f1": float(f1_score(y[test], p, average="macro"))}
+        res[name] = {"acc": metrics.accuracy(y[test], p), "balanced_acc": metrics.balanced_accuracy(y[test], p),
+                     "macro_f1": metrics.macro_f1(y[test], p)}
 
     scores("zeroshot_image_to_text", pred)
     res["zeroshot_image_to_text"]["top5"] = float(
@@ -181,14 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     seeds = [int(v) for v in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    td, t_embed = embed_text_date(args.data, args.out)
+    td, t_embed, n_embedded = embed_text_date(args.data, args.out)
     per_seed = {}
     for seed in seeds:
         suffix = f"_{args.tag}" if args.tag else ("" if seed == 0 else f"_seed{seed}")
         per_seed[str(seed)] = run_seed(args, td, seed, suffix)
     result = {"command": "python experiments/ucsc_stage1.py" + (f" --seeds {args.seeds}" if args.seeds != "0,1,2"
                                                                 else ""),
-              "embed_seconds": round(t_embed, 1), "seeds": per_seed}
+              "embed_seconds": round(t_embed, 1), "embedded_rows": n_embedded, "seeds": per_seed}
     if args.tag:
         path = args.out / f"ucsc_stage1_metrics_{args.tag}.json"
         path.write_text(json.dumps(result, indent=1))
@@ -227,12 +227,15 @@ def _table() -> str:
                       f"{r['seeds'][s]['align']['text']['epochs_run']} run" for s in seeds
                       if "text" in r["seeds"][s]["align"])
     cfg = first["config"]
+    n_emb = r.get("embedded_rows")
+    embed = (f"embedding the text and date of {n_emb:,} rows {r['embed_seconds']:.0f} s" if n_emb
+             else "text and date embeddings reused from an earlier run")
     align = ", ".join(f"{r['seeds'][s]['seconds']['align']:.0f}" for s in seeds)
     probes = ", ".join(f"{r['seeds'][s]['probe_seconds']:.0f}" for s in seeds)
     return "\n".join(lines) + (
         f"\n\n`{r['command']}`: lr {cfg['lr']:g}, ≤ {cfg['epochs']} epochs, D = {first['dim']}, anchor projection "
-        f"`{cfg['anchor_proj']}`, `{cfg['head']}` heads ({stops}). Times at 1 thread on 2 shared cores: embedding "
-        f"the text and date of every row {r['embed_seconds']:.0f} s (once), alignment {align} s, probes {probes} s.")
+        f"`{cfg['anchor_proj']}`, `{cfg['head']}` heads ({stops}). Times at 1 thread on 2 shared cores: {embed}, "
+        f"alignment {align} s, probes {probes} s.")
 
 
 @renderer("ucsc-stage1-summary")

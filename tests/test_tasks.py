@@ -343,3 +343,18 @@ def test_macro_f1_matches_sklearn():
     y, p = rng.integers(0, 6, 100), rng.integers(1, 8, 100)
     ref = f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0)
     assert macro_f1(y, p) == pytest.approx(ref)
+
+
+def test_claims_are_worded_from_their_cases():
+    from prom3e.tasks.claims import claims, evidence, worded
+
+    m = {"settings": {"n_test": 100}, "retrieval": {"pairs": [
+        {"r1_cross": 0.1, "r1_inversion": 0.2}, {"r1_cross": 0.3, "r1_inversion": 0.3},
+        {"r1_cross": 0.5, "r1_inversion": 0.4}, {"r1_cross": None, "r1_inversion": 0.4}]}}
+    c = claims(m)
+    assert worded(c) == [("inversion beats cross-modal R@1 for most pairs", "does not hold",
+                          "33 % of 3 pairs better, 67 % not worse")]
+    one = {"n": 1, "frac_better_than_best_single": 1.0, "holds": True}
+    assert evidence("two_visible_beat_one_zeroshot", one) == "100 % of 1 pair beat their best single modality"
+    with pytest.raises(KeyError, match="unknown claim"):
+        evidence("made_up", one)

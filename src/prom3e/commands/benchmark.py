@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
                    help="eta (default): each η protocol trains at that η; natural: one model, natural missingness")
     p.add_argument("--keep-leaking", action="store_true",
                    help="keep one-vector-per-class modalities (label leaks) as inputs (default: left out)")
-    p.add_argument("--split-column", help="metadata column of train/val/test values that fixes the split")
+    p.add_argument("--split-column", help="metadata column of train/val/test values that fixes the split "
+                   "(default: none, a seeded stratified split)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings; the report "
                    "keeps every method finished there, e.g. --resume --methods prom3e adds or completes ProM3E)")
     p.add_argument("--rerun", action="store_true", help="with --resume: fit --methods again where they had "

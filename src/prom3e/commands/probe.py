@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from prom3e.commands.common import add_common, add_overwrite, count, number, subparser
+from prom3e.io import check_output_file
 
 EXAMPLES = """\
   prom3e probe --model runs/synth --data train.parquet --label species --out species.probe.safetensors
@@ -36,13 +38,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from prom3e.api import Fuser
     from prom3e.data.table import read_table
-    from prom3e.io import check_output_file
     from prom3e.tasks.saved_probe import fit_probe
 
     run_files = [Path(args.model) / n for n in ("config.json", "schema.json", "model.safetensors")]

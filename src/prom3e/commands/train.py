@@ -24,7 +24,7 @@ lr, batch size, …) or another table is refused unless --allow-changes.
 
 
 # TrainConfig's defaults, shown in --help without importing torch (a test keeps them equal)
-SHOWN_DEFAULTS = {"model": "base", "epochs": 30, "batch_size": 256, "lr": 1e-3, "kl_weight": 1e-3,
+SHOWN_DEFAULTS = {"model": "base", "epochs": 30, "batch_size": 256, "lr": 1e-3, "kl_weight": 1e-4,
                   "precision": "auto"}
 
 

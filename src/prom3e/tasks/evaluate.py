@@ -25,18 +25,15 @@ is :class:`~prom3e.tasks.eval_context.EvalContext`, the tasks are
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prom3e.data.table import ModalTable
 from prom3e.io import write_text
-from prom3e.runtime import progress_bar
+from prom3e.runtime import progress_bar, torch_threads
 from prom3e.tasks.claims import claims, worded
 from prom3e.tasks.common import FuserLike, jsonable
 from prom3e.tasks.eval_config import ALL_TASKS, EvalConfig
@@ -108,7 +105,7 @@ def run_suite(fuser: FuserLike, table: ModalTable | str | os.PathLike, config: E
               out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """:func:`evaluate` with its options as one validated :class:`EvalConfig`."""
     config.validate()
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         ctx = prepare(fuser, table, config)
         results, extras = run_tasks(ctx, config)
     metrics: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "settings": _settings(ctx, config),
@@ -156,16 +153,3 @@ def _settings(ctx: EvalContext, cfg: EvalConfig) -> dict[str, Any]:
         "split_column": cfg.split_column, "n_fit": len(ctx.fit.rows), "n_test": len(ctx.test.rows),
         "max_subset_size": cfg.max_subset_size, "delta_grid": list(cfg.delta_grid), **(cfg.settings or {}),
     }
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from prom3e import metrics
 from prom3e.data.labels import encode_labels
@@ -70,8 +72,6 @@ class SavedProbe:
                               "refit it with prom3e probe on this run")
 
     def save(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
         meta = {"format": FORMAT, "labels": json.dumps(self.labels), "modalities": json.dumps(self.modalities),
                 "dims": json.dumps(self.dims), "model": self.model, "info": json.dumps(self.info)}
         tensors = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "std": self.std}
@@ -79,8 +79,6 @@ class SavedProbe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SavedProbe:
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
