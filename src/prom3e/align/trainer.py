@@ -28,7 +28,7 @@ from prom3e.encoders.embed import encoder_configs
 from prom3e.errors import Prom3eError
 from prom3e.io import check_output_dir, check_output_file
 from prom3e.metrics import label_ranks, recall_at_k, retrieval_ranks
-from prom3e.runtime import progress_bar
+from prom3e.runtime import progress_bar, torch_threads
 from prom3e.train.engine import Engine, Hooks, snapshot
 
 
@@ -208,36 +208,34 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
                               "modalities": {anchor: {"rows": int(len(arows)),
                                                       "projection": cfg.anchor_proj}}}
     others = [m for m in range(len(table.modalities)) if m != a]
-    torch_state, threads = torch.random.get_rng_state(), torch.get_num_threads()
-    if cfg.threads and device == "cpu":
-        torch.set_num_threads(cfg.threads)
+    torch_state = torch.random.get_rng_state()
     bar = progress_bar(total=cfg.epochs * len(others), show=progress, unit="epoch", desc="align")
     try:
-        for m in range(len(table.modalities)):
-            name = table.modalities[m]
-            if m == a:
-                heads[name] = proj
-                continue
-            rows = np.flatnonzero(table.present[:, m] & table.present[:, a])
-            if len(rows) < 4:
-                raise Prom3eError(f"{table.source}: modality '{name}' has {len(rows)} row(s) "
-                                  f"paired with the anchor '{anchor}'; need at least 4")
-            enc = encoders.get(name) or {}
-            tower = {"encoder": enc["encoder"], "options": enc.get("options", {})} \
-                if enc.get("trainable") else None
-            seed = cfg.seed * 1000 + m
-            torch.manual_seed(seed)
-            head = Head(table.dims[m], dim, "tower" if tower else cfg.head, cfg.hidden,
-                        cfg.dropout, tower)
-            bar.set_description(f"align {name}")
-            rec = _train_head(name, head, table.features[m][rows], torch.from_numpy(za_all[rows]).to(
-                device), None if codes is None else codes[rows], cfg, seed, device, bar)
-            heads[name] = head.cpu()
-            record["modalities"][name] = {"head": head.cfg["kind"], **rec}
+        with torch_threads(cfg.threads if cfg.threads and device == "cpu" else None):
+            for m in range(len(table.modalities)):
+                name = table.modalities[m]
+                if m == a:
+                    heads[name] = proj
+                    continue
+                rows = np.flatnonzero(table.present[:, m] & table.present[:, a])
+                if len(rows) < 4:
+                    raise Prom3eError(f"{table.source}: modality '{name}' has {len(rows)} row(s) "
+                                      f"paired with the anchor '{anchor}'; need at least 4")
+                enc = encoders.get(name) or {}
+                tower = {"encoder": enc["encoder"], "options": enc.get("options", {})} \
+                    if enc.get("trainable") else None
+                seed = cfg.seed * 1000 + m
+                torch.manual_seed(seed)
+                head = Head(table.dims[m], dim, "tower" if tower else cfg.head, cfg.hidden,
+                            cfg.dropout, tower)
+                bar.set_description(f"align {name}")
+                rec = _train_head(name, head, table.features[m][rows], torch.from_numpy(za_all[rows]).to(
+                    device), None if codes is None else codes[rows], cfg, seed, device, bar)
+                heads[name] = head.cpu()
+                record["modalities"][name] = {"head": head.cfg["kind"], **rec}
     finally:
         bar.close()
         torch.random.set_rng_state(torch_state)
-        torch.set_num_threads(threads)
     return Aligner(anchor, dim, heads, record, device, encoders)
 
 
