@@ -431,13 +431,13 @@ def test_prom3e_in_the_benchmark_takes_the_library_defaults(monkeypatch) -> None
     monkeypatch.setitem(model_mod.CONFIGS, "base", {**model_mod.CONFIGS["base"], "registers": 3, "depth": 2,
                                                       "mlp_dim": 768})
     seen = {}
-    real_train = loop.train
+    real_train = loop.train_model
 
-    def spy(table, run, cfg, **kw):
+    def spy(table, cfg, *a, **kw):
         seen["cfg"] = cfg
-        return real_train(table, run, cfg, **kw)
+        return real_train(table, cfg, *a, **kw)
 
-    monkeypatch.setattr(loop, "train", spy)
+    monkeypatch.setattr(loop, "train_model", spy)
     @dataclasses.dataclass
     class ChangedDefaults(loop.TrainConfig):
         kl_weight: float = 5e-4
@@ -462,3 +462,23 @@ def test_prom3e_in_the_benchmark_takes_the_library_defaults(monkeypatch) -> None
     assert kl_weights and set(kl_weights) == {5e-4}  # pre-training and the fine-tuning auxiliary
     mcfg = m.encoder.cfg
     assert (mcfg.registers, mcfg.depth, mcfg.embed_dim, mcfg.mlp_dim) == (3, 2, 16, 48)
+
+
+def test_encode_with_prompts_masked_out_equals_plain_encode() -> None:
+    """``Prom3e.encode(prompts=…)`` (AOEPT's prompted backbone): prompts that are all masked change
+    nothing; attended prompts change the posterior (depth 1 and 2)."""
+    from prom3e.models.prom3e import Prom3e, named_config
+
+    for depth in (1, 2):
+        torch.manual_seed(0)
+        model = Prom3e(named_config("tiny", ["a", "b", "c"], [5, 7, 4], depth=depth)).eval()
+        x = torch.randn(6, 3, 7)
+        vis = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
+        prompts = torch.randn(6, depth, 5, model.cfg.embed_dim)
+        with torch.no_grad():
+            plain = model.encode(x, vis, hidden=True)
+            masked = model.encode(x, vis, hidden=True, prompts=prompts, prompts_ok=torch.zeros(6, 5, dtype=torch.bool))
+            seen = model.encode(x, vis, hidden=True, prompts=prompts, prompts_ok=torch.ones(6, 5, dtype=torch.bool))
+        torch.testing.assert_close(masked.mu, plain.mu)
+        torch.testing.assert_close(masked.hidden, plain.hidden)
+        assert (seen.mu - plain.mu).abs().max() > 1e-3

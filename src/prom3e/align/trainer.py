@@ -22,11 +22,14 @@ from prom3e.align.heads import AnchorProjection, Head, apply
 from prom3e.align.supcon import LogitScale, supcon_loss
 from prom3e.config import Options
 from prom3e.data.labels import encode_labels
-from prom3e.data.table import ModalTable
+from prom3e.data.table import ModalTable, read_table, write_parquet
 from prom3e.encoders.base import resolve_device
+from prom3e.encoders.embed import encoder_configs
 from prom3e.errors import Prom3eError
+from prom3e.io import check_output_dir, check_output_file
 from prom3e.metrics import label_ranks, recall_at_k, retrieval_ranks
-from prom3e.runtime import progress_bar
+from prom3e.runtime import progress_bar, torch_threads
+from prom3e.train.engine import Engine, Hooks, snapshot
 
 
 @dataclass
@@ -66,9 +69,63 @@ def _batches(n: int, bs: int, g: torch.Generator | None) -> list[torch.Tensor]:
     return out
 
 
-def _train_head(head: Head, x: np.ndarray, za: torch.Tensor, labels: np.ndarray | None,
+class _HeadHooks(Hooks):
+    """One head's epochs on the engine: seeded batches of its training pairs, the logit
+    scale clamped after each step, the validation loss (lower is better) as the score."""
+
+    def __init__(self, name: str, head: Head, scale: LogitScale, xt: torch.Tensor, za: torch.Tensor,
+                 lab: torch.Tensor | None, tr: torch.Tensor, va: torch.Tensor, cfg: AlignConfig,
+                 g: torch.Generator, bar=None):
+        self.name, self.head, self.scale, self.xt, self.za, self.lab = name, head, scale, xt, za, lab
+        self.tr, self.va, self.cfg, self.g, self.bar = tr, va, cfg, g, bar
+        self.hist: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+        self.best_state: tuple[dict[str, torch.Tensor], float] | None = None
+
+    def loss_on(self, rows: torch.Tensor) -> torch.Tensor:
+        return supcon_loss(self.head(self.xt[rows]), self.za[rows], self.scale(),
+                           None if self.lab is None else self.lab[rows])
+
+    def start_epoch(self, epoch: int) -> None:
+        self.head.train()
+
+    def batches(self, epoch: int):
+        for b in _batches(len(self.tr), self.cfg.batch_size, self.g):
+            yield self.tr[b.to(self.tr.device)]
+
+    def loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = self.loss_on(rows)
+        return loss, {"loss": loss.item()}
+
+    def diverged(self, epoch: int, index: int, loss: torch.Tensor | None) -> Prom3eError:
+        return Prom3eError(f"align: head '{self.name}' diverged at epoch {epoch + 1} step {index} (loss "
+                           f"{loss.item() if loss is not None else '?'}); lower the learning rate or check the data")
+
+    def after_step(self, stats: dict[str, float]) -> None:
+        self.scale.clamp_()
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], batches: int) -> tuple[dict, float | None]:
+        hist = self.hist
+        hist["train_loss"].append(sums.get("loss", 0.0) / max(1, batches))
+        self.head.eval()
+        with torch.no_grad():
+            vb = _batches(len(self.va), self.cfg.batch_size, None) if len(self.va) else []
+            val = float(np.mean([float(self.loss_on(self.va[b.to(self.va.device)])) for b in vb])) if vb else None
+        hist["val_loss"].append(val if val is not None else float("nan"))
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", val=f"{val:.3f}" if val is not None else "-")
+        return {}, -(hist["train_loss"][-1] if val is None else val)  # the engine maximises
+
+    def epoch_done(self, record: dict, improved: bool) -> None:
+        if improved:
+            self.best_state = (snapshot(self.head), self.scale.log_scale.item())
+
+
+def _train_head(name: str, head: Head, x: np.ndarray, za: torch.Tensor, labels: np.ndarray | None,
                 cfg: AlignConfig, seed: int, device: str, bar=None) -> dict[str, Any]:
-    """Train one head on its pairs; returns its training record (best weights kept)."""
+    """Train one head on its pairs on the engine (AdamW at a constant ``lr``; early stopping:
+    the validation loss must improve by 1e-4 within ``patience`` epochs); returns its
+    training record (best weights kept)."""
     rng = np.random.default_rng(seed)
     n = len(x)
     n_val = int(round(cfg.val_frac * n)) if n >= 20 else 0
@@ -86,47 +143,15 @@ def _train_head(head: Head, x: np.ndarray, za: torch.Tensor, labels: np.ndarray 
                             lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     g = torch.Generator().manual_seed(seed)
     tr_t, va_t = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)
-
-    def loss_on(rows: torch.Tensor) -> torch.Tensor:
-        return supcon_loss(head(xt[rows]), za[rows], scale(), None if lab is None else lab[rows])
-
-    hist: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-    best, best_state, bad = float("inf"), None, 0
-    for _epoch in range(cfg.epochs):
-        head.train()
-        total = 0.0
-        batches = _batches(len(tr), cfg.batch_size, g)
-        for b in batches:
-            loss = loss_on(tr_t[b.to(device)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            scale.clamp_()
-            total += loss.item()
-        hist["train_loss"].append(total / max(1, len(batches)))
-        head.eval()
-        with torch.no_grad():
-            vb = _batches(len(va), cfg.batch_size, None) if n_val else []
-            val = float(np.mean([float(loss_on(va_t[b.to(device)])) for b in vb])) if vb else None
-        hist["val_loss"].append(val if val is not None else float("nan"))
-        score = hist["train_loss"][-1] if val is None else val
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}",
-                            val=f"{val:.3f}" if val is not None else "-")
-        if score < best - 1e-4:
-            best, bad = score, 0
-            best_state = ({k: v.detach().clone() for k, v in head.state_dict().items()},
-                          scale.log_scale.item())
-        else:
-            bad += 1
-            if cfg.patience and bad >= cfg.patience:
-                if bar is not None:
-                    bar.update(cfg.epochs - _epoch - 1)
-                break
-    if best_state is not None:
-        head.load_state_dict(best_state[0])
-        scale.log_scale.data.fill_(best_state[1])
+    hooks = _HeadHooks(name, head, scale, xt, za, lab, tr_t, va_t, cfg, g, bar)
+    engine = Engine(opt, device=torch.device(device), min_delta=1e-4, patience=cfg.patience)
+    engine.run(hooks, cfg.epochs)
+    hist = hooks.hist
+    if bar is not None and engine.epoch < cfg.epochs:  # stopped early
+        bar.update(cfg.epochs - engine.epoch)
+    if hooks.best_state is not None:
+        head.load_state_dict(hooks.best_state[0])
+        scale.log_scale.data.fill_(hooks.best_state[1])
     head.eval()
     rec: dict[str, Any] = {"pairs": int(n), "train_pairs": int(len(tr)), "val_pairs": int(n_val),
                            "epochs_run": len(hist["train_loss"]),
@@ -183,36 +208,34 @@ def fit_aligner(table: ModalTable, anchor: str, label: str | None = None,
                               "modalities": {anchor: {"rows": int(len(arows)),
                                                       "projection": cfg.anchor_proj}}}
     others = [m for m in range(len(table.modalities)) if m != a]
-    torch_state, threads = torch.random.get_rng_state(), torch.get_num_threads()
-    if cfg.threads and device == "cpu":
-        torch.set_num_threads(cfg.threads)
+    torch_state = torch.random.get_rng_state()
     bar = progress_bar(total=cfg.epochs * len(others), show=progress, unit="epoch", desc="align")
     try:
-        for m in range(len(table.modalities)):
-            name = table.modalities[m]
-            if m == a:
-                heads[name] = proj
-                continue
-            rows = np.flatnonzero(table.present[:, m] & table.present[:, a])
-            if len(rows) < 4:
-                raise Prom3eError(f"{table.source}: modality '{name}' has {len(rows)} row(s) "
-                                  f"paired with the anchor '{anchor}'; need at least 4")
-            enc = encoders.get(name) or {}
-            tower = {"encoder": enc["encoder"], "options": enc.get("options", {})} \
-                if enc.get("trainable") else None
-            seed = cfg.seed * 1000 + m
-            torch.manual_seed(seed)
-            head = Head(table.dims[m], dim, "tower" if tower else cfg.head, cfg.hidden,
-                        cfg.dropout, tower)
-            bar.set_description(f"align {name}")
-            rec = _train_head(head, table.features[m][rows], torch.from_numpy(za_all[rows]).to(
-                device), None if codes is None else codes[rows], cfg, seed, device, bar)
-            heads[name] = head.cpu()
-            record["modalities"][name] = {"head": head.cfg["kind"], **rec}
+        with torch_threads(cfg.threads if cfg.threads and device == "cpu" else None):
+            for m in range(len(table.modalities)):
+                name = table.modalities[m]
+                if m == a:
+                    heads[name] = proj
+                    continue
+                rows = np.flatnonzero(table.present[:, m] & table.present[:, a])
+                if len(rows) < 4:
+                    raise Prom3eError(f"{table.source}: modality '{name}' has {len(rows)} row(s) "
+                                      f"paired with the anchor '{anchor}'; need at least 4")
+                enc = encoders.get(name) or {}
+                tower = {"encoder": enc["encoder"], "options": enc.get("options", {})} \
+                    if enc.get("trainable") else None
+                seed = cfg.seed * 1000 + m
+                torch.manual_seed(seed)
+                head = Head(table.dims[m], dim, "tower" if tower else cfg.head, cfg.hidden,
+                            cfg.dropout, tower)
+                bar.set_description(f"align {name}")
+                rec = _train_head(name, head, table.features[m][rows], torch.from_numpy(za_all[rows]).to(
+                    device), None if codes is None else codes[rows], cfg, seed, device, bar)
+                heads[name] = head.cpu()
+                record["modalities"][name] = {"head": head.cfg["kind"], **rec}
     finally:
         bar.close()
         torch.random.set_rng_state(torch_state)
-        torch.set_num_threads(threads)
     return Aligner(anchor, dim, heads, record, device, encoders)
 
 
@@ -239,10 +262,6 @@ def align_file(data: str | os.PathLike, anchor: str, out: str | os.PathLike,
 
     Both outputs are checked before the work (an input is never replaced; an existing output
     only with ``overwrite``)."""
-    from prom3e.data.table import read_table, write_parquet
-    from prom3e.encoders.embed import encoder_configs
-    from prom3e.io import check_output_dir, check_output_file
-
     cfg = config or AlignConfig()
     cfg.validate()
     check_output_file(out, inputs=[data], overwrite=overwrite)

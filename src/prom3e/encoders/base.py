@@ -24,6 +24,7 @@ trains as that modality's head. Backends are imported lazily, inside the encoder
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -116,8 +117,6 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 def require(module: str, package: str, extra: str | None = None):
     """Import an optional backend or fail with the install command."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:

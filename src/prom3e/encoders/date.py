@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from dateutil import parser
 
 from prom3e.encoders.base import Encoder
 
@@ -24,8 +25,6 @@ _ISO_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T /]|$)")
 def _parse_text(s: str, dayfirst: bool) -> np.datetime64:
     """One date string → its day, or NaT. ISO 8601 first (``dateutil.parser.isoparse``), then
     free-form (``dateutil.parser.parse``: "Sun May 02 2021 07:03:11 GMT-0700", …)."""
-    from dateutil import parser
-
     s = s.strip()
     m = _ISO_DAY.match(s)
     if m:  # the common case (GBIF eventDate, iNaturalist observed_on/time_observed_at): fast

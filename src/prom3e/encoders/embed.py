@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from prom3e.data.observations import is_url, read_observations
 from prom3e.data.table import vectors_to_arrow, write_parquet
 from prom3e.encoders.base import Encoder
+from prom3e.encoders.lists import is_empty_list
 from prom3e.encoders.registry import encoder_factory, encoder_info, get_encoder
 from prom3e.encoders.spec import EmbedSpec, ModalitySpec
 from prom3e.errors import Prom3eError
@@ -118,8 +119,6 @@ def gather_inputs(table: pa.Table, m: ModalitySpec, kind: str, rows: np.ndarray,
         return [" ".join(str(v) for v in vals if v is not None) or None
                 for vals in zip(*cols, strict=True)]
     if kind == "list":
-        from prom3e.encoders.lists import is_empty_list
-
         return [None if v is None or is_empty_list(v) else v for v in cols[0]]
     if kind in ("image", "audio"):  # URLs are never fetched (counted by _assemble)
         return [None if v is None or is_url(v) else str(root / str(v)) for v in cols[0]]

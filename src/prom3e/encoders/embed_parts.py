@@ -27,9 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow import csv
 
 from prom3e import distributed
 from prom3e.data.dataset import Parts, is_dataset
+from prom3e.data.observations import read_observations, text_parse_options
 from prom3e.data.parts import PartWriter, file_fingerprint, part_name
 from prom3e.encoders.base import resolve_device
 from prom3e.encoders.embed import (
@@ -73,8 +75,6 @@ def observation_chunks(path: str | os.PathLike, rows: int, delimiter: str | None
     if not p.exists():
         raise Prom3eError(f"{p}: no such observations file")
     if p.is_dir() or p.suffix.lower() == ".zip" or encoding is not None:
-        from prom3e.data.observations import read_observations
-
         whole = read_observations(p, delimiter, encoding)
 
         def table_chunks() -> Iterator[tuple[int, Callable[[], pa.Table]]]:
@@ -82,10 +82,6 @@ def observation_chunks(path: str | os.PathLike, rows: int, delimiter: str | None
                 yield a, (lambda a=a: whole.slice(a, rows))
 
         return whole.schema, [p], table_chunks()
-    from pyarrow import csv
-
-    from prom3e.data.observations import text_parse_options
-
     parse = text_parse_options(p, delimiter)  # the dialect read_observations would use
 
     def open_csv():

@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from prom3e.encoders.registry import encoder_info
 from prom3e.errors import Prom3eError
 
 _TOP_KEYS = {"batch_size", "id_column", "keep", "modalities"}
@@ -76,8 +79,6 @@ def parse_spec(raw: Any, source: str = "<spec>") -> EmbedSpec:
     mods = raw.get("modalities")
     if not isinstance(mods, dict) or not mods:
         raise Prom3eError(f"{source}: 'modalities' must map modality names to encoder settings")
-    from prom3e.encoders.registry import encoder_info
-
     out = []
     for name, m in mods.items():
         where = f"{source}: modality '{name}'"
@@ -132,8 +133,6 @@ def parse_spec(raw: Any, source: str = "<spec>") -> EmbedSpec:
 
 
 def load_spec(path: str | os.PathLike) -> EmbedSpec:
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise Prom3eError(f"{path}: no such spec file")

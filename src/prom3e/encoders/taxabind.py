@@ -19,6 +19,7 @@ tiny stand-in backbones; the real weights were not run in this project's CI.
 
 from __future__ import annotations
 
+import wave
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -269,9 +270,7 @@ class TaxaBindEnvEncoder(_TaxaBindBase):
 def load_audio(path: Any, rate: int) -> np.ndarray | None:
     """A sound file → mono ``float32`` at ``rate`` Hz (WAV via the standard library, other
     formats via ``soundfile`` when installed); ``None`` when unreadable."""
-    import wave
-
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # imported only when audio is read
 
     if not isinstance(path, str | Path) or not str(path):
         return None

@@ -38,14 +38,17 @@ objective (:class:`prom3e.methods.prom3e_method.Prom3eMethod`'s step 1, for
 then its parameters are frozen and, for the remaining epochs (≥ 1, so the total equals the
 other methods' budget), only the prompts (queries, MCP attention, gate) and the head train.
 :class:`PromptedProm3e` assembles the encoder's sequence from its public pieces
-(``project`` + ``modality_embed`` for the visible modalities, ``prefix``, ``blocks``) and adds
-each hidden modality's prompts as extra key/value tokens of every block (deep prompts:
-replaced by the next block's prompts); the head reads ``[μ, prefix outputs]``. Prototypes
+(``project`` + ``modality_embed``) for the gate and the InfoNCE targets, and runs the encoder
+itself (:meth:`Prom3e.encode` with ``prompts``): each hidden modality's prompts are extra
+tokens of every block (deep prompts: replaced by the next block's prompts); the head reads
+``[μ, prefix outputs]``. Prototypes
 are K-means centres of the training split passed through the frozen projection (the
 ``"input"`` mode; with ProM3E's one block this *is* the per-layer set).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -55,6 +58,7 @@ from torch import Tensor, nn
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
 from prom3e.methods.base import FitConfig, ModalityLinear, ProxyMethod, ValidationSet, classification_loss, mlp
+from prom3e.methods.prom3e_method import Prom3eMethod, split_epochs
 
 
 def kmeans_prototypes(x: np.ndarray, present: np.ndarray, k: int, seed: int, init: str = "k-means++"
@@ -238,20 +242,9 @@ class PromptedProm3e(nn.Module):
         with torch.no_grad():
             h = self.embed(x)
         prompts = self.gated_prompts(h, visible)  # [B, depth, M, L, E]
-        ok = torch.cat([visible, (~visible).repeat_interleave(self.prompt_len, 1)], 1)
-        prefix: Tensor = self.model.prefix
-        seq = h
-        n_pre = prefix.shape[0]
-        for i, blk in enumerate(self.model.blocks):
-            last = i == self.depth - 1
-            out = blk(prefix, torch.cat([seq, prompts[:, i].flatten(1, 2)], 1), ok, n_pre if last else None)
-            prefix, seq = out[:, :n_pre], out[:, n_pre:n_pre + self.m]
-        mu_out = prefix[:, 0]
-        mu_head = getattr(self.model, "mu_head", None)  # the model's optional posterior read-out of [mu]
-        if mu_head is not None:
-            mu_out = mu_head(mu_out)
-        mu = F.normalize(mu_out.float(), dim=-1)
-        return self.head(torch.cat([mu, prefix.flatten(1)], 1)), h, prompts[:, 0].mean(2)
+        post = self.model.encode(x, visible, hidden=True, prompts=prompts.flatten(2, 3),
+                                 prompts_ok=(~visible).repeat_interleave(self.prompt_len, 1))
+        return self.head(torch.cat([post.mu, post.hidden.flatten(1)], 1)), h, prompts[:, 0].mean(2)
 
 
 class Aoept(ProxyMethod):
@@ -274,23 +267,18 @@ class Aoept(ProxyMethod):
         self.prototypes = "input" if backbone == "prom3e" else prototypes
         self.proto_rows = proto_rows
 
+    def loop_epochs(self) -> int:
+        """With ProM3E's backbone the shared loop trains prompts + head for what pre-training left."""
+        if self.backbone == "fusion":
+            return self.cfg.epochs
+        return split_epochs(self.cfg.epochs, self.pretrain_frac)[1]
+
     def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
             val: ValidationSet | None = None) -> Aoept:
-        if self.backbone == "fusion":
-            return super().fit(train, y, n_classes, val)
-        import dataclasses
-
-        from prom3e.methods.prom3e_method import Prom3eMethod, split_epochs
-
-        full = self.cfg
-        pre, rest = split_epochs(full.epochs, self.pretrain_frac)
-        self.pretrained = Prom3eMethod(dataclasses.replace(full, epochs=pre), finetune=False)
-        self.cfg = dataclasses.replace(full, epochs=rest)  # the shared loop trains prompts + head
-        try:
-            super().fit(train, y, n_classes, val)
-        finally:
-            self.cfg = full
-        return self
+        if self.backbone == "prom3e":
+            pre = split_epochs(self.cfg.epochs, self.pretrain_frac)[0]
+            self.pretrained = Prom3eMethod(dataclasses.replace(self.cfg, epochs=pre), finetune=False)
+        return super().fit(train, y, n_classes, val)
 
     def build(self, train: ModalTable, y: np.ndarray) -> nn.Module:
         protos, ok = kmeans_prototypes(train.padded(), train.present, self.n_prototypes, self.cfg.seed)

@@ -16,9 +16,10 @@ not visible before a method sees the batch (garbage or NaN there cannot change a
 ``fit(..., val=ValidationSet)`` keeps the weights of the epoch with the best validation
 accuracy (every method the same way: the benchmark's best-epoch selection).
 
-:class:`TorchMethod` holds the one training loop (AdamW, seeded order and masks, training
--time modality dropout shared by all methods so that the budget and augmentation are the
-same), and the vectorised per-modality layers.
+:class:`TorchMethod` trains every method the same way on the library's one engine
+(:mod:`prom3e.train.engine`: AdamW, seeded order and masks, training-time modality dropout
+shared by all methods so that the budget and augmentation are the same); the vectorised
+per-modality layers live here too.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from torch import Tensor, nn
 from prom3e.config import Options
 from prom3e.data.table import ModalTable
 from prom3e.errors import Prom3eError
+from prom3e.runtime import resolve_device
+from prom3e.train.engine import Engine, Hooks, snapshot, warmup_cosine
 
 
 @dataclass
@@ -187,65 +190,36 @@ class TorchMethod(Method):
         """Whether the weights after ``epoch`` may be chosen as the best (False during a warm-up)."""
         return True
 
+    def loop_epochs(self) -> int:
+        """Epochs the shared loop runs (a method with its own pre-training runs fewer)."""
+        return self.cfg.epochs
+
     @property
     def device(self) -> torch.device:
-        from prom3e.runtime import resolve_device
-
         return resolve_device(self.cfg.device)
 
     def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
             val: ValidationSet | None = None) -> TorchMethod:
+        """Train on the :class:`~prom3e.train.engine.Engine`: AdamW, linear warm-up over 5 % of
+        the steps then cosine to 1 % of ``lr``, gradient norm clipped at 5, the best
+        validation epoch's weights kept (the first best wins a tie)."""
         y = self._remember(train, y, n_classes)
-        cfg, dev = self.cfg, self.device
+        cfg, epochs = self.cfg, self.loop_epochs()
         gen = seed_everything(cfg.seed)
-        self.net = self.build(train, y).to(dev)
-        x, present = torch.from_numpy(train.padded()), torch.from_numpy(train.present)
-        x = x.masked_fill(~present[..., None], 0.0)  # absent slots carry no value
-        yt = torch.from_numpy(y)
+        self.net = self.build(train, y).to(self.device)
         opt = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad],
                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
-        n = len(train)
-        steps = max(1, -(-n // cfg.batch_size))
-        total, warm = cfg.epochs * steps, max(1, cfg.epochs * steps // 20)
-        sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 1 %
-            opt, lambda s: (s + 1) / warm if s < warm else 0.01 + 0.495 * (1 + np.cos(np.pi * (s - warm) / total)))
+        steps = max(1, -(-len(train) // cfg.batch_size))
+        total, warm = epochs * steps, max(1, epochs * steps // 20)
+        engine = Engine(opt, lambda s: warmup_cosine(s, cfg.lr, 0.01 * cfg.lr, warm, total), self.device,
+                        clip=5.0, params=self.net.parameters(), best=-1.0)
         self.history: list[dict[str, float]] = []
-        self.best_epoch, best_acc, best_state = cfg.epochs, -1.0, None
-        for epoch in range(cfg.epochs):
-            self.on_epoch(epoch)
-            self.net.train()
-            order = torch.randperm(n, generator=gen)
-            sums: dict[str, float] = {}
-            for i in range(steps):
-                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                if len(idx) < 2:
-                    continue
-                vis = drop_modalities(present[idx], cfg.drop_prob, gen)
-                loss, stats = self.loss(x[idx].to(dev), vis.to(dev), present[idx].to(dev), yt[idx].to(dev),
-                                        idx.to(dev))
-                if not torch.isfinite(loss):
-                    raise Prom3eError(f"{self.name}: training diverged at epoch {epoch + 1} (loss {loss.item()})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if not torch.isfinite(nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)):
-                    raise Prom3eError(f"{self.name}: non-finite gradient at epoch {epoch + 1}")
-                opt.step()
-                sched.step()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            self.history.append({k: v / steps for k, v in sums.items()})
-            if val is not None:
-                acc = float((self.predict_proba(val.table, val.visible).argmax(1) == val.y).mean())
-                self.history[-1]["val_acc"] = acc
-                if self.selectable(epoch) and acc > best_acc:  # first best epoch wins a tie
-                    self.best_epoch, best_acc = epoch + 1, acc
-                    best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-            if cfg.progress:
-                print(f"  {self.name} epoch {epoch + 1}/{cfg.epochs} " +
-                      " ".join(f"{k} {v:.3f}" for k, v in self.history[-1].items()), flush=True)
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
-        self.best_val_acc = best_acc if val is not None else None
+        hooks = _FitHooks(self, train, y, gen, val, steps, epochs)
+        engine.run(hooks, epochs)
+        if hooks.best_state is not None:
+            self.net.load_state_dict(hooks.best_state)
+        self.best_epoch = engine.best_epoch if hooks.best_state is not None else epochs
+        self.best_val_acc = engine.best if val is not None else None
         self.net.eval()
         return self
 
@@ -280,6 +254,59 @@ class ProxyMethod(TorchMethod):
             est.append(p[:, target].cpu())
             real.append(self.net.embed(x_real[i:i + batch_size].to(self.device))[:, target].cpu())
         return torch.cat(est).numpy(), torch.cat(real).numpy()
+
+
+class _FitHooks(Hooks):
+    """The methods' epochs: seeded order, modality dropout, best validation accuracy."""
+
+    def __init__(self, m: TorchMethod, train: ModalTable, y: np.ndarray, gen: torch.Generator,
+                 val: ValidationSet | None, steps: int, epochs: int):
+        self.m, self.gen, self.val, self.steps, self.epochs = m, gen, val, steps, epochs
+        self.present = torch.from_numpy(train.present)
+        self.x = torch.from_numpy(train.padded()).masked_fill(~self.present[..., None], 0.0)  # absent: no value
+        self.y = torch.from_numpy(y)
+        self.best_state: dict[str, Tensor] | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        self.m.on_epoch(epoch)
+        self.m.net.train()
+
+    def batches(self, epoch: int):
+        bs = self.m.cfg.batch_size
+        order = torch.randperm(len(self.x), generator=self.gen)
+        for i in range(self.steps):
+            yield order[i * bs:(i + 1) * bs]
+
+    def loss(self, idx: Tensor):
+        if len(idx) < 2:
+            return None, {}
+        m, dev = self.m, self.m.device
+        vis = drop_modalities(self.present[idx], m.cfg.drop_prob, self.gen)
+        return m.loss(self.x[idx].to(dev), vis.to(dev), self.present[idx].to(dev), self.y[idx].to(dev), idx.to(dev))
+
+    def diverged(self, epoch: int, index: int, loss: Tensor | None) -> Prom3eError:
+        if loss is None:
+            return Prom3eError(f"{self.m.name}: non-finite gradient at epoch {epoch + 1}")
+        return Prom3eError(f"{self.m.name}: training diverged at epoch {epoch + 1} (loss {loss.item()})")
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], batches: int) -> tuple[dict, float | None]:
+        record = {k: v / self.steps for k, v in sums.items()}
+        self.m.history.append(record)
+        if self.val is None:
+            return record, None
+        v = self.val
+        record["val_acc"] = float((self.m.predict_proba(v.table, v.visible).argmax(1) == v.y).mean())
+        return record, record["val_acc"]
+
+    def selectable(self, epoch: int) -> bool:
+        return self.m.selectable(epoch - 1)
+
+    def epoch_done(self, record: dict, improved: bool) -> None:
+        if improved:
+            self.best_state = snapshot(self.m.net)
+        if self.m.cfg.progress:
+            print(f"  {self.m.name} epoch {len(self.m.history)}/{self.epochs} " +
+                  " ".join(f"{k} {v:.3f}" for k, v in record.items()), flush=True)
 
 
 def classification_loss(logits: Tensor, y: Tensor) -> Tensor:

@@ -24,21 +24,33 @@ it finishes and the report is rewritten, so a killed run keeps what finished and
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from prom3e.config import Options
-from prom3e.data.table import ModalTable
+from prom3e.data.labels import encode_labels
+from prom3e.data.table import ModalTable, read_table
 from prom3e.errors import Prom3eError
+from prom3e.io import atomic_write
 from prom3e.methods import METHODS
 from prom3e.methods.base import FitConfig
-from prom3e.methods.protocols import eta_mask, hide  # noqa: F401  (re-exported: the benchmark's protocol)
-from prom3e.methods.scoring import classification_metrics, nm2i, recall_at_1  # noqa: F401  (re-exported)
-from prom3e.methods.tuning import Grid
+from prom3e.methods.protocols import (  # noqa: F401  (eta_mask, hide re-exported: the benchmark's protocol)
+    eta_mask,
+    hide,
+    leaking_modalities,
+    make_split,
+    nonempty_rows,
+    visible_subsets,
+)
+from prom3e.methods.report import markdown, plot
+from prom3e.methods.scoring import classification_metrics, nm2i, recall_at_1, score  # noqa: F401  (re-exported)
+from prom3e.methods.tuning import Grid, regime_names, tune_and_fit
 
 
 @dataclass
@@ -92,9 +104,7 @@ class SeedData:
 
 
 def prepare(table: ModalTable, y: np.ndarray, cfg: BenchConfig, seed: int, split_labels=None) -> SeedData:
-    from prom3e.methods.protocols import make_split, visible_subsets
-    from prom3e.methods.tuning import regime_names
-    from prom3e.tasks.zeroshot import detect_class_modality
+    from prom3e.tasks.zeroshot import detect_class_modality  # a harness's helper (upward import)
 
     split = make_split(y, seed, cfg.train_frac, cfg.val_frac, split_labels)
     pres = {k: table.present[getattr(split, k)] for k in ("train", "val", "test")}
@@ -116,9 +126,6 @@ def prepare(table: ModalTable, y: np.ndarray, cfg: BenchConfig, seed: int, split
 
 def run_method(name: str, data: SeedData, cfg: BenchConfig, seed: int, log: Callable[[str], None] = print) -> dict:
     """Tune and fit one method on one seed's split (validation only), then score it on the test rows."""
-    from prom3e.methods.scoring import score
-    from prom3e.methods.tuning import tune_and_fit
-
     t0, c0 = time.perf_counter(), time.process_time()
     models, tuning = tune_and_fit(name, data, cfg.fit, cfg.grid_or_default(), cfg.method_options.get(name, {}),
                                   seed, log)
@@ -171,8 +178,6 @@ def summarise(per_seed: Sequence[dict]) -> dict[str, dict[str, float]]:
 def load_table(path, label: str, modalities: list[str] | None = None) -> ModalTable:
     """Read a table for the benchmark; ``modalities`` selects columns (rows left empty are kept here:
     :func:`run_benchmark` drops and counts them)."""
-    from prom3e.data.table import read_table
-
     table = read_table(path)
     table.label(label)
     if modalities:
@@ -188,9 +193,6 @@ def run_benchmark(table: ModalTable, label: str, cfg: BenchConfig, log: Callable
                   store=None) -> dict:
     """Every method × seed on ``table``; with a :class:`~prom3e.methods.store.ResultStore`, each
     finished method × seed is saved (and skipped when resuming) and the report rewritten."""
-    from prom3e.data.labels import encode_labels
-    from prom3e.methods.protocols import leaking_modalities, make_split, nonempty_rows
-
     cfg.validate()
     codes, classes = encode_labels(table.label(label))
     keep = np.flatnonzero(codes >= 0)
@@ -264,12 +266,7 @@ def _summarise_all(results: dict) -> None:
 
 def write_outputs(results: dict, out_dir, plot_png: bool = True) -> list:
     """``results.json``, ``results.md`` and ``results.png`` (if matplotlib is installed)."""
-    import json
-    from pathlib import Path
-
-    from prom3e.io import atomic_write
-    from prom3e.methods.report import markdown, plot
-    from prom3e.tasks.common import jsonable
+    from prom3e.tasks.common import jsonable  # a harness's helper (upward import)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

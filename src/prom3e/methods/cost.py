@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
+
+import torch
 
 
 class PeakMemory:
     """Peak resident-set increase (MiB) over a ``with`` block, sampled every 5 ms."""
 
     def __init__(self):
-        import os
-
         self.page = os.sysconf("SC_PAGE_SIZE")
         self.peak_mib = 0.0
 
@@ -19,13 +20,11 @@ class PeakMemory:
             with open("/proc/self/statm") as fh:
                 return int(fh.read().split()[1]) * self.page
         except OSError:  # not Linux: ru_maxrss only grows, so the increase is a lower bound
-            import resource
+            import resource  # Unix only: imported where needed
 
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def __enter__(self) -> PeakMemory:
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self.start = self._rss()
@@ -41,8 +40,6 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        import torch
-
         self.stop.set()
         self.thread.join()
         self.top = max(self.top, self._rss())

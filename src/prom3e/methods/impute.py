@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from prom3e.data.table import ModalTable
+from prom3e.index import exact_topk
 from prom3e.methods.base import FitConfig, TorchMethod, classification_loss, drop_modalities, mlp
 
 
@@ -137,8 +138,6 @@ class KnnImpute(ImputeMethod):
     @torch.no_grad()
     def fill(self, x: Tensor, visible: Tensor, exclude: Tensor | None = None, chunk: int = 2048) -> Tensor:
         """``exclude [B]``: each query's own pool row (training), never its neighbour."""
-        from prom3e.index import exact_topk
-
         w = visible.float()
         x = x * visible[..., None]
         query = torch.cat([2 * x.flatten(1), -w * (x**2).sum(-1), -w], 1)  # ⟨query, pool_aug⟩ = −|S|·distance

@@ -2,7 +2,8 @@
 
 1. **Pre-training.** The fusion model — the library's named config (``model``, default
    ``base``) and :class:`~prom3e.train.loop.TrainConfig` defaults, only its width set to the
-   benchmark's (:func:`width_overrides`) — is trained with :func:`prom3e.train.loop.train` on
+   benchmark's (:func:`width_overrides`) — is trained in memory with
+   :func:`prom3e.train.loop.train_model` on
    the training split (its own masked-reconstruction objective, its own 10 % validation
    rows for choosing the best epoch; the same batch size, width, learning rate and weight
    decay as every other method — the benchmark's tuning grid applies to it as to the
@@ -34,15 +35,12 @@ class) when the table has one.
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prom3e.data.masking import sample_visible, training_targets
 from prom3e.data.table import ModalTable
 from prom3e.methods.base import (
     FitConfig,
@@ -52,6 +50,8 @@ from prom3e.methods.base import (
     drop_modalities,
     mlp,
 )
+from prom3e.models.prom3e import CONFIGS, Prom3eConfig
+from prom3e.train import loop as fusion_loop
 
 
 def split_epochs(epochs: int, pretrain_frac: float) -> tuple[int, int]:
@@ -66,8 +66,6 @@ def width_overrides(model: str, width: int) -> dict:
     to it, and 4 heads (1 when 4 does not divide the width). Everything else — depth,
     registers, posterior head, objective, KL, clip — is the library's default, so a changed
     default reaches the benchmark without a code change here."""
-    from prom3e.models.prom3e import CONFIGS, Prom3eConfig
-
     base = {**{f: getattr(Prom3eConfig(), f) for f in ("embed_dim", "mlp_dim")}, **CONFIGS[model]}
     ratio = base["mlp_dim"] / base["embed_dim"]
     return {"embed_dim": width, "heads": 4 if width % 4 == 0 else 1, "mlp_dim": max(1, round(ratio * width))}
@@ -100,10 +98,8 @@ class Prom3eMethod(TorchMethod):
                  visible_probs: tuple[float, ...] | None = None, run_dir: str | None = None,
                  finetune: bool = True, pretrain_frac: float = 0.5,
                  aux_weight: float = 1.0, **model_overrides):
-        from prom3e.train.loop import TrainConfig
-
         super().__init__(cfg)
-        self.defaults = TrainConfig()  # the library's training defaults, whatever they are
+        self.defaults = fusion_loop.TrainConfig()  # the library's training defaults, whatever they are
         if visible_probs is None:
             visible_probs = self.defaults.visible_probs
         self.model_name, self.visible_probs, self.run_dir = model, tuple(visible_probs), run_dir
@@ -115,34 +111,27 @@ class Prom3eMethod(TorchMethod):
         self.overrides = {**width_overrides(model, self.cfg.width), **model_overrides}
 
     def _train_fusion(self, train: ModalTable, y: np.ndarray) -> None:
-        from prom3e.api import Fuser
-        from prom3e.train.loop import TrainConfig
-        from prom3e.train.loop import train as train_fusion
-
         cfg = self.cfg
-        tcfg = TrainConfig(model=self.model_name, model_overrides=self.overrides, epochs=self.pretrain_epochs,
-                           batch_size=cfg.batch_size, lr=cfg.lr, min_lr=0.01 * cfg.lr, weight_decay=cfg.weight_decay,
-                           seed=cfg.seed, device=cfg.device, precision="fp32",
-                           visible_probs=self.visible_probs, label_column="__benchmark_label__")
+        tcfg = fusion_loop.TrainConfig(
+            model=self.model_name, model_overrides=self.overrides, epochs=self.pretrain_epochs,
+            batch_size=cfg.batch_size, lr=cfg.lr, min_lr=0.01 * cfg.lr, weight_decay=cfg.weight_decay,
+            seed=cfg.seed, device=cfg.device, precision="fp32", visible_probs=self.visible_probs,
+            label_column="__benchmark_label__")
         labelled = ModalTable(train.modalities, train.features, train.present,
                               {"__benchmark_label__": y}, train.source)
-        with tempfile.TemporaryDirectory(prefix="prom3e-bench-") as tmp:
-            run = Path(self.run_dir) if self.run_dir else Path(tmp) / "run"
-            # run_dir is this method's own scratch folder: each fit replaces it (as before)
-            self.fusion_summary = train_fusion(labelled, run, tcfg, progress=cfg.progress, overwrite=True)
-            self.fuser = Fuser.load(run, device=cfg.device, precision="fp32")
-        self.encoder = self.fuser.model.eval()
+        # in memory; run_dir (if given) is this method's own scratch run folder: each fit replaces it
+        self.encoder, self.fusion_summary = fusion_loop.train_model(
+            labelled, tcfg, self.run_dir, progress=cfg.progress, overwrite=True)
+        self.encoder.eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)  # frozen; fine-tuning (build) unfreezes it
 
+    def loop_epochs(self) -> int:
+        return self.finetune_epochs  # the shared loop runs phase 2
+
     def fit(self, train: ModalTable, y: np.ndarray, n_classes: int | None = None,
             val: ValidationSet | None = None) -> Prom3eMethod:
-        full = self.cfg
-        self.cfg = dataclasses.replace(full, epochs=self.finetune_epochs)  # the shared loop runs phase 2
-        try:
-            super().fit(train, y, n_classes, val)
-        finally:
-            self.cfg = full
+        super().fit(train, y, n_classes, val)
         self.encoder.eval()
         return self
 
@@ -173,8 +162,6 @@ class Prom3eMethod(TorchMethod):
             v = torch.randint(self.n_views, (len(rows),), device=rows.device)
             loss = classification_loss(self.net(self.views[v, rows]), y)
             return loss, {"task": loss.item()}
-        from prom3e.data.masking import sample_visible, training_targets
-
         task = classification_loss(self.net(x, visible), y)
         if self.aux_weight <= 0:
             return task, {"task": task.item()}

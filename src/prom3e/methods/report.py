@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def _cell(summary: dict, key: str, scale: float = 100.0, digits: int = 1, n_want: int | None = None) -> str:
     s = summary.get(key)
@@ -116,8 +118,6 @@ def plot(results: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    import numpy as np
-
     cfg, methods = results["config"], results["methods"]
     protos = [f"eta{e:g}" for e in cfg["etas"]] + ["natural", "subsets"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))

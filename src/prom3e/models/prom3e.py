@@ -186,8 +186,13 @@ class Prom3e(nn.Module):
         return grouped + rest
 
     # --- encoder -------------------------------------------------------------------------
-    def encode(self, x: Tensor, visible: Tensor, hidden: bool = False) -> Posterior:
-        """``x [B, M, Dmax]``, ``visible bool[B, M]`` (≥ 1 per row) → posterior."""
+    def encode(self, x: Tensor, visible: Tensor, hidden: bool = False, prompts: Tensor | None = None,
+               prompts_ok: Tensor | None = None) -> Posterior:
+        """``x [B, M, Dmax]``, ``visible bool[B, M]`` (≥ 1 per row) → posterior.
+
+        ``prompts [B, depth, K, E]`` with ``prompts_ok bool[B, K]``: extra tokens attended by
+        every block (deep prompts: each block its own, their outputs discarded), for
+        prompt-tuning methods (:class:`prom3e.methods.aoept.PromptedProm3e`)."""
         b, m = x.shape[:2]
         g = group_pairs(visible)
         src = g.rows * m + g.mods  # each visible pair's row in x viewed as [B·M, D]
@@ -205,8 +210,10 @@ class Prom3e(nn.Module):
         first_seq = seq  # each visible modality's own token (the PoE experts read it)
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            out = blk(prefix, seq, rest_ok, n_keep if last else None)
-            prefix, seq = out[:, :p], out[:, p:]
+            rest, ok = (seq, rest_ok) if prompts is None else (
+                torch.cat([seq, prompts[:, i].to(seq.dtype)], 1), torch.cat([rest_ok, prompts_ok], 1))
+            out = blk(prefix, rest, ok, n_keep if last else None)
+            prefix, seq = out[:, :p], out[:, p:p + length]
         mu_out, lv_out = prefix[:, 0], prefix[:, 1]
         if self.cfg.posterior_head == "affine":
             lv_out = lv_out * self.logvar_scale + self.logvar_shift

@@ -7,7 +7,6 @@ run resumed from ``last/`` continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -17,6 +16,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
 
 from prom3e import distributed
 from prom3e.config import Options
@@ -29,6 +29,7 @@ from prom3e.models.prom3e import CONFIGS, Prom3e, Prom3eConfig, named_config
 from prom3e.runtime import autocast, progress_bar, resolve_device, resolve_precision
 from prom3e.train import checkpoint as ckpt
 from prom3e.train.data import BatchSource, InMemorySource, label_ids, split_rows  # noqa: F401 (re-exported)
+from prom3e.train.engine import Engine, Hooks, init_distributed, optimizer_step, snapshot, warmup_cosine, wrap_ddp
 
 
 @dataclass
@@ -80,13 +81,11 @@ class TrainConfig(Options):
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Linear warm-up (at most a tenth of the run), then cosine (with optional restarts)."""
+    """Stage 2's schedule (:func:`prom3e.train.engine.warmup_cosine`): linear warm-up (at most
+    a tenth of the run), then cosine to ``min_lr`` (restarting every ``restart_epochs``)."""
     warmup = min(cfg.warmup_steps, cfg.epochs * steps_per_epoch // 10)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
     period = (cfg.restart_epochs or cfg.epochs) * steps_per_epoch
-    t = ((step - warmup) % period) / period
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+    return warmup_cosine(step, cfg.lr, cfg.min_lr, warmup, period)
 
 
 @torch.no_grad()
@@ -132,22 +131,26 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                              fused=fused or None, foreach=None if fused else True)
 
 
+def training_loss(net: torch.nn.Module, x: torch.Tensor, visible: torch.Tensor, targets: torch.Tensor,
+                  labels: torch.Tensor | None, cfg: TrainConfig, kl_weight: float | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model's loss on one batch; ``kl_weight`` overrides ``cfg.kl_weight`` (β-annealing).
+    Under torchrun every rank's targets are gathered first: the negatives span the global batch."""
+    batch = distributed.gather_batch(x, targets, labels)
+    return net(x, visible, targets, labels, kl_weight=kl_weight if kl_weight is not None else cfg.kl_weight,
+               noise=cfg.noise, dedup=cfg.dedup, batch=batch)
+
+
 def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, visible: torch.Tensor,
                   targets: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig,
                   device: torch.device, precision: str, kl_weight: float | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step on one batch (forward under autocast, backward, AdamW); ``kl_weight``
-    overrides ``cfg.kl_weight`` (β-annealing). Under torchrun every rank's targets are gathered
-    first: the loss's negatives span the global batch."""
-    batch = distributed.gather_batch(x, targets, labels)
+    """One optimiser step on one batch, as the engine takes it (forward under autocast,
+    backward, AdamW; no step on a non-finite loss)."""
     with autocast(device, precision):
-        loss, stats = net(x, visible, targets, labels, kl_weight=kl_weight if kl_weight is not None else cfg.kl_weight,
-                          noise=cfg.noise, dedup=cfg.dedup, batch=batch)
-    if not torch.isfinite(loss):
-        return loss, stats
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+        loss, stats = training_loss(net, x, visible, targets, labels, cfg, kl_weight)
+    if torch.isfinite(loss):
+        optimizer_step(opt, loss)
     return loss, stats
 
 
@@ -156,8 +159,13 @@ def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
 RESUME_FREE = ("epochs", "device", "threads")
 
 
-class Trainer:
-    def __init__(self, table: ModalTable | BatchSource, cfg: TrainConfig, run_dir: str | os.PathLike,
+class Trainer(Hooks):
+    """Stage 2 on the :class:`~prom3e.train.engine.Engine`. With ``run_dir``, the run folder
+    (config, ``last/`` checkpoint each epoch, best weights, log, metrics, split) is written
+    as training goes (and can be resumed); without, nothing is written and the best epoch's
+    weights are kept in memory (:meth:`best_model`)."""
+
+    def __init__(self, table: ModalTable | BatchSource, cfg: TrainConfig, run_dir: str | os.PathLike | None = None,
                  progress: bool = True, resume: bool = False, overwrite: bool = False,
                  allow_changes: bool = False):
         cfg.validate()
@@ -167,18 +175,14 @@ class Trainer:
         if table.n_train < 2:
             raise Prom3eError(f"{table.source}: {table.n_train + table.n_val} row(s) leave {table.n_train} for "
                               f"training after the validation split; need at least 2")
-        self.cfg, self.source, self.run = cfg, table, Path(run_dir)
+        if resume and run_dir is None:
+            raise Prom3eError("resume needs the run folder to continue")
+        self.cfg, self.source = cfg, table
+        self.run = Path(run_dir) if run_dir is not None else None
         self.progress, self.allow_changes = progress, allow_changes
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if self.distributed and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-            dist.init_process_group(backend)
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        if self.rank == 0:  # before any work: refuse a run in the way, clean a killed run's debris
+        self.distributed, self.rank, self.world = init_distributed(cfg.device)
+        if self.rank == 0 and self.run is not None:  # before any work: refuse a run in the way, clean debris
             ckpt.prepare_run(self.run, resume, overwrite, self.source.inputs())
-        if self.distributed and torch.cuda.is_available() and cfg.device != "cpu":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
@@ -188,14 +192,20 @@ class Trainer:
             cfg.model, self.source.modalities, self.source.dims, **cfg.model_overrides)
         self.model = Prom3e(self.model_cfg).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
-        self.epoch, self.step, self.best, self.best_epoch = 0, 0, -1.0, 0
         self.history: list[dict] = []
-        self.ddp = None
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.ddp = wrap_ddp(self.model, self.device) if self.distributed else None
+        self.steps_per_epoch = self.source.steps_per_epoch(cfg.batch_size)
+        self.engine = Engine(self.opt, lambda s: lr_at(s, self.steps_per_epoch, cfg), self.device, self.precision,
+                             best=-1.0)
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+    @property
+    def epoch(self) -> int:
+        return self.engine.epoch
+
+    @property
+    def step(self) -> int:
+        return self.engine.step
 
     # --- persistence ---------------------------------------------------------------------
     def _write_config(self) -> None:
@@ -209,12 +219,13 @@ class Trainer:
     def _checkpoint(self, improved: bool) -> None:
         """``last/`` atomically (with the best so far), then the best weights if this epoch is it:
         a kill between the two is repaired on resume (:meth:`resume`)."""
+        e = self.engine
         state = self.model.state_dict()
         ckpt.save_checkpoint(self.run, state, self.opt, {
-            "epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+            "epoch": e.epoch, "step": e.step, "best": e.best, "best_epoch": e.best_epoch,
             "history": self.history, "data": self.source.fingerprint()})
         if improved:
-            ckpt.save_tensors(self.run / "model.safetensors", state, {"epoch": self.epoch})
+            ckpt.save_tensors(self.run / "model.safetensors", state, {"epoch": e.epoch})
 
     def _changed_settings(self, saved: dict) -> list[str]:
         new = json.loads(json.dumps(asdict(self.cfg)))
@@ -246,85 +257,101 @@ class Trainer:
         ckpt.load_state_into(self.model, last / "model.safetensors")
         ckpt.restore_optimizer(self.opt, ckpt.load_tensors(last / "optimizer.safetensors"),
                                state["optimizer"])
-        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        self.best_epoch, self.history = state.get("best_epoch", 0), state["history"]
+        e = self.engine
+        e.epoch, e.step, e.best = state["epoch"], state["step"], state["best"]
+        e.best_epoch, self.history = state.get("best_epoch", 0), state["history"]
         if self.rank == 0:
             best = self.run / "model.safetensors"
-            if self.best_epoch == self.epoch and _saved_epoch(best) != self.epoch:  # killed before the copy
-                ckpt.save_tensors(best, self.model.state_dict(), {"epoch": self.epoch})
+            if e.best_epoch == e.epoch and _saved_epoch(best) != e.epoch:  # killed before the copy
+                ckpt.save_tensors(best, self.model.state_dict(), {"epoch": e.epoch})
             lines = "".join(json.dumps(r) + "\n" for r in self.history)  # epochs past the checkpoint: gone
             write_text(self.run / "log.jsonl", lines)
 
-    # --- the loop ------------------------------------------------------------------------
-    def _log(self, record: dict) -> None:
+    def best_model(self) -> Prom3e:
+        """The model with the best epoch's weights (kept in memory, or the run's best file)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        elif self.run is not None and (self.run / "model.safetensors").is_file():
+            ckpt.load_state_into(self.model, self.run / "model.safetensors")
+        return self.model
+
+    # --- the engine's hooks --------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        self.t0 = time.perf_counter()
+        self.gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        torch.manual_seed(self.cfg.seed * 7_919 + epoch)
+        self.model.train()
+
+    def batches(self, epoch: int):
+        cfg = self.cfg
+        self.bar = progress_bar(self.source.batches(epoch, cfg.batch_size, self.gen),
+                                show=self.progress and self.rank == 0, total=self.steps_per_epoch,
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for batch in self.bar:
+            visible = sample_visible(batch.present, cfg.visible_probs, self.gen)
+            targets = training_targets(batch.present, visible, cfg.reconstruct_all)
+            yield batch, visible[batch.mine], targets[batch.mine]
+
+    def loss(self, item) -> tuple[torch.Tensor, dict]:
+        batch, visible, targets = item
+        cfg, dev = self.cfg, self.device
+        x = batch.x.to(dev, non_blocking=True)
+        lab = batch.labels.to(dev) if batch.labels is not None else None
+        beta = cfg.kl_weight * min(1.0, (self.engine.step + 1) / (cfg.kl_warmup_epochs * self.steps_per_epoch)) \
+            if cfg.kl_warmup_epochs else cfg.kl_weight
+        return training_loss(self.ddp or self.model, x, visible.to(dev), targets.to(dev), lab, cfg, beta)
+
+    def diverged(self, epoch: int, index: int, loss: torch.Tensor | None) -> Prom3eError:
+        return Prom3eError(f"training diverged at epoch {epoch + 1} step {index} "
+                           f"(loss {loss.item() if loss is not None else 'finite, gradient not'}); "
+                           "lower --lr or check the data")
+
+    def after_step(self, stats: dict) -> None:
+        self.bar.set_postfix(loss=f"{float(stats['loss']):.3f}", acc=f"{float(stats['acc']):.2f}")
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], batches: int) -> tuple[dict, float | None]:
+        sums = distributed.all_mean(sums)  # under torchrun: the global batches' loss, as one process logs
+        spe = self.steps_per_epoch
+        record = {"epoch": epoch, "step": self.engine.step, "lr": lr_at(self.engine.step, spe, self.cfg),
+                  **{k: v / spe for k, v in sums.items()}, "seconds": time.perf_counter() - self.t0}
+        if self.rank != 0:
+            return record, None
+        r1 = validation_r1(self.model, *self.source.validation(), self.cfg.seed, self.device, self.precision)
+        record["val_r1"] = r1
+        record["val_r1_mean"] = float(np.mean(list(r1.values()))) if r1 else 0.0
+        return record, record["val_r1_mean"]
+
+    def epoch_done(self, record: dict, improved: bool) -> None:
         if self.rank != 0:
             return
         self.history.append(record)
-        with open(self.run / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            with open(self.run / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            self._checkpoint(improved)
+        elif improved:
+            self.best_state = snapshot(self.model)
+        if self.progress:
+            sigma = (f"‖σ‖₁ {record['sigma_l1']:.3g}  logσ² at clip {record['logvar_clip_share']:.0%}  "
+                     if "logvar_clip_share" in record else "")
+            print(f"epoch {record['epoch']}/{self.cfg.epochs}  loss {record['loss']:.4f}  "
+                  f"val R@1 {record['val_r1_mean']:.3f}  {sigma}({record['seconds']:.1f}s)", flush=True)
 
+    # --- the run -------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to ``cfg.epochs`` (or stop after epoch ``stop_after``, as an interruption would)."""
-        cfg = self.cfg
-        if self.rank == 0:
+        if self.rank == 0 and self.run is not None:
             self.run.mkdir(parents=True, exist_ok=True)
             self._write_config()
-            if self.epoch == 0:
+            if self.engine.epoch == 0:
                 (self.run / "log.jsonl").unlink(missing_ok=True)
-        steps_per_epoch = self.source.steps_per_epoch(cfg.batch_size)
-        net = self.ddp or self.model
         self.model.train()
-        while self.epoch < min(cfg.epochs, stop_after or cfg.epochs):
-            t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
-            torch.manual_seed(cfg.seed * 7_919 + self.epoch)
-            batches = self.source.batches(self.epoch, cfg.batch_size, gen)
-            bar = progress_bar(batches, show=self.progress and self.rank == 0, total=steps_per_epoch,
-                               desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
-            sums: dict[str, float] = {}
-            for i, batch in enumerate(bar):
-                visible = sample_visible(batch.present, cfg.visible_probs, gen)
-                targets = training_targets(batch.present, visible, cfg.reconstruct_all)
-                visible, targets = visible[batch.mine], targets[batch.mine]
-                for g in self.opt.param_groups:
-                    g["lr"] = lr_at(self.step, steps_per_epoch, cfg)
-                x = batch.x.to(self.device, non_blocking=True)
-                lab = batch.labels.to(self.device) if batch.labels is not None else None
-                beta = cfg.kl_weight * min(1.0, (self.step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch)) \
-                    if cfg.kl_warmup_epochs else cfg.kl_weight
-                loss, stats = training_step(net, self.opt, x, visible.to(self.device), targets.to(self.device),
-                                            lab, cfg, self.device, self.precision, beta)
-                if not torch.isfinite(loss):
-                    raise Prom3eError(f"training diverged at epoch {self.epoch + 1} step {i} "
-                                      f"(loss {loss.item()}); lower --lr or check the data")
-                self.step += 1
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                bar.set_postfix(loss=f"{float(stats['loss']):.3f}", acc=f"{float(stats['acc']):.2f}")
-            sums = distributed.all_mean(sums)  # under torchrun: the global batches' loss, as one process logs
-            self.epoch += 1
-            record = {"epoch": self.epoch, "step": self.step, "lr": lr_at(self.step, steps_per_epoch, cfg),
-                      **{k: v / steps_per_epoch for k, v in sums.items()},
-                      "seconds": time.perf_counter() - t0}
-            if self.rank == 0:
-                r1 = validation_r1(self.model, *self.source.validation(), cfg.seed, self.device, self.precision)
-                record["val_r1"] = r1
-                record["val_r1_mean"] = float(np.mean(list(r1.values()))) if r1 else 0.0
-                improved = record["val_r1_mean"] > self.best
-                if improved:
-                    self.best, self.best_epoch = record["val_r1_mean"], self.epoch
-                self._log(record)
-                self._checkpoint(improved)
-                if self.progress:
-                    sigma = (f"‖σ‖₁ {record['sigma_l1']:.3g}  logσ² at clip {record['logvar_clip_share']:.0%}  "
-                             if "logvar_clip_share" in record else "")
-                    print(f"epoch {self.epoch}/{cfg.epochs}  loss {record['loss']:.4f}  "
-                          f"val R@1 {record['val_r1_mean']:.3f}  {sigma}({record['seconds']:.1f}s)", flush=True)
-        summary = {"epochs": self.epoch, "best_val_r1_mean": self.best, "rank": self.rank,
+        self.engine.run(self, self.cfg.epochs, stop_after)
+        summary = {"epochs": self.engine.epoch, "best_val_r1_mean": self.engine.best, "rank": self.rank,
                    "parameters": self.model.n_params(), "precision": self.precision,
                    "device": str(self.device), "train_rows": self.source.n_train,
                    "val_rows": self.source.n_val}
-        if self.rank == 0:
+        if self.rank == 0 and self.run is not None:
             ckpt.write_json(self.run / "metrics.json", {**summary, "history": self.history})
             ckpt.write_json(self.run / "split.json", self.source.split_record())
         if self.distributed:
@@ -333,8 +360,6 @@ class Trainer:
 
 
 def _saved_epoch(path: Path) -> int | None:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return int((f.metadata() or {}).get("epoch", -1))
@@ -342,14 +367,15 @@ def _saved_epoch(path: Path) -> int | None:
         return None
 
 
-def train(table: ModalTable | BatchSource, run_dir: str | os.PathLike, cfg: TrainConfig,
-          resume: bool = False, progress: bool = True, stop_after: int | None = None,
-          overwrite: bool = False, allow_changes: bool = False) -> dict:
-    """Train ProM3E on a validated table (or a batch source, :mod:`prom3e.train.data`); write
-    the run folder; return a summary.
+def train_model(table: ModalTable | BatchSource, cfg: TrainConfig, run_dir: str | os.PathLike | None = None,
+                resume: bool = False, progress: bool = True, stop_after: int | None = None,
+                overwrite: bool = False, allow_changes: bool = False) -> tuple[Prom3e, dict]:
+    """Train ProM3E on a validated table (or a batch source, :mod:`prom3e.train.data`);
+    return the model with its best epoch's weights, in memory, and a summary.
 
-    An existing run in ``run_dir`` is refused unless ``resume`` (continue it: same settings
-    and table, unless ``allow_changes``) or ``overwrite`` (replace it)."""
+    With ``run_dir`` the run folder is written as training goes; an existing run there is
+    refused unless ``resume`` (continue it: same settings and table, unless
+    ``allow_changes``) or ``overwrite`` (replace it). Without, nothing is written."""
     trainer = Trainer(table, cfg, run_dir, progress, resume=resume, overwrite=overwrite,
                       allow_changes=allow_changes)
     if progress and trainer.rank == 0:
@@ -358,4 +384,12 @@ def train(table: ModalTable | BatchSource, run_dir: str | os.PathLike, cfg: Trai
               flush=True)
     if resume:
         trainer.resume()
-    return trainer.fit(stop_after)
+    summary = trainer.fit(stop_after)
+    return trainer.best_model(), summary
+
+
+def train(table: ModalTable | BatchSource, run_dir: str | os.PathLike, cfg: TrainConfig,
+          resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          overwrite: bool = False, allow_changes: bool = False) -> dict:
+    """``prom3e train``: :func:`train_model` writing the run folder ``run_dir``; returns the summary."""
+    return train_model(table, cfg, run_dir, resume, progress, stop_after, overwrite, allow_changes)[1]
