@@ -41,9 +41,9 @@ def moe_determinism(table_path: Path) -> dict:
     from prom3e.data.labels import encode_labels
     from prom3e.methods import create
     from prom3e.methods.base import FitConfig
-    from prom3e.methods.benchmark import load_table
-    from prom3e.methods.protocols import leaking_modalities, make_split
     from prom3e.tasks.common import stratified_subsample
+    from prom3e.tasks.comparison.benchmark import load_table
+    from prom3e.tasks.comparison.protocols import leaking_modalities, make_split
 
     table = load_table(table_path, "species")
     y, _ = encode_labels(table.label("species"))

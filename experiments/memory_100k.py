@@ -47,7 +47,7 @@ def measure(cmd: list[str], env: dict) -> dict:
 
 RECALL = """
 import numpy as np
-from prom3e.methods.benchmark import recall_at_1
+from prom3e.tasks.comparison.benchmark import recall_at_1
 rng = np.random.default_rng(0)
 real = rng.normal(size=({rows}, {dim})).astype(np.float32)
 est = real + 0.5 * rng.normal(size=real.shape).astype(np.float32)

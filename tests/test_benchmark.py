@@ -11,7 +11,7 @@ from prom3e.data.synthetic import SynthConfig, generate, generate_table
 from prom3e.data.table import ModalTable, write_parquet
 from prom3e.methods import METHODS
 from prom3e.methods.base import FitConfig
-from prom3e.methods.benchmark import (
+from prom3e.tasks.comparison.benchmark import (
     BenchConfig,
     classification_metrics,
     eta_mask,
@@ -21,8 +21,8 @@ from prom3e.methods.benchmark import (
     run_benchmark,
     summarise,
 )
-from prom3e.methods.protocols import leaking_modalities, make_split
-from prom3e.methods.tuning import Grid, tune_and_fit
+from prom3e.tasks.comparison.protocols import leaking_modalities, make_split
+from prom3e.tasks.comparison.tuning import Grid, tune_and_fit
 
 TINY = FitConfig(epochs=1, batch_size=128, width=16)
 
@@ -146,7 +146,7 @@ def _cli_table(tmp_path, n=120):
 
 def test_partial_results_survive_a_kill_and_resume(tmp_path, monkeypatch) -> None:
     from prom3e.cli import main
-    from prom3e.methods import benchmark
+    from prom3e.tasks.comparison import benchmark
 
     data, out = _cli_table(tmp_path), tmp_path / "bench"
     args = ["benchmark", "--data", str(data), "--label", "species", "--out", str(out), "--epochs", "1",
@@ -177,7 +177,7 @@ def test_partial_results_survive_a_kill_and_resume(tmp_path, monkeypatch) -> Non
 
 def test_rerun_of_one_method_keeps_the_others(tmp_path, monkeypatch) -> None:
     from prom3e.cli import main
-    from prom3e.methods import benchmark
+    from prom3e.tasks.comparison import benchmark
 
     data, out = _cli_table(tmp_path), tmp_path / "bench"
     args = ["benchmark", "--data", str(data), "--label", "species", "--out", str(out), "--epochs", "1",
@@ -303,7 +303,7 @@ def test_cli_benchmark_errors(tmp_path, capsys) -> None:
 def test_a_diverging_fit_is_recorded_not_chosen_and_never_replaced(monkeypatch) -> None:
     from prom3e.errors import Prom3eError
     from prom3e.methods import create as real_create
-    from prom3e.methods import tuning
+    from prom3e.tasks.comparison import tuning
 
     table = generate_table(SynthConfig(n=300, n_species=4, modalities=("image", "loc", "env")))
     calls = []
@@ -339,7 +339,7 @@ def test_a_diverging_fit_is_recorded_not_chosen_and_never_replaced(monkeypatch) 
 
 def test_reconstruction_scores_a_perfect_estimate_as_perfect() -> None:
     """An oracle whose estimate is the real target gets R@1 = 1 (the gallery holds the real values)."""
-    from prom3e.methods.scoring import reconstruction
+    from prom3e.tasks.comparison.scoring import reconstruction
 
     table = generate_table(SynthConfig(n=400, n_species=6, modalities=("image", "loc", "env")))
 

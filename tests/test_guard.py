@@ -279,8 +279,8 @@ def _api_call(base: Path, what: str, kwargs: dict) -> None:
     from prom3e.api import Fuser
     from prom3e.data.table import read_table
     from prom3e.methods import FitConfig
-    from prom3e.methods.benchmark import BenchConfig
     from prom3e.models.prom3e import Prom3eConfig
+    from prom3e.tasks.comparison.benchmark import BenchConfig
     from prom3e.tasks.evaluate import evaluate
     from prom3e.tasks.oracle import OracleFuser
     from prom3e.train.loop import TrainConfig

@@ -28,10 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 RANK = {unit: rank for rank, units in enumerate(LAYERS.values()) for unit in units}
 # Known upward imports, by (importer package, imported package), each with the step that removes
 # it. The test fails when one is no longer needed, so the list only shrinks.
-PENDING: dict[tuple[str, str], str] = {
-    ("methods", "tasks"): "the method comparison (methods/benchmark.py and its helpers) moves into tasks "
-                          "with the training-engine step (issue 12, item 1)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

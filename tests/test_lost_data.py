@@ -137,7 +137,7 @@ def test_outputs_never_replace_inputs_or_results(tiny_run, small_parquet, tmp_pa
 # --- item 8: the output location is checked before the work -----------------------------------
 
 def test_bad_output_locations_fail_before_the_work(tiny_run, small_parquet, tmp_path, capsys, monkeypatch):
-    import prom3e.methods.benchmark as bench
+    import prom3e.tasks.comparison.benchmark as bench
     import prom3e.tasks.evaluate as ev
 
     def never(*a, **k):

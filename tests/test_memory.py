@@ -77,7 +77,7 @@ def test_align_validation_is_chunked(spy):
 
 
 def test_benchmark_recall_is_chunked(spy):
-    from prom3e.methods.benchmark import recall_at_1
+    from prom3e.tasks.comparison.benchmark import recall_at_1
 
     rng = np.random.default_rng(1)
     real = rng.normal(size=(900, 8)).astype(np.float32)

@@ -165,8 +165,8 @@ def test_config_files_are_validated_not_rounded(small_parquet, tmp_path, capsys)
 def test_python_api_configs_are_validated():
     from prom3e.align import AlignConfig
     from prom3e.methods import FitConfig
-    from prom3e.methods.benchmark import BenchConfig
     from prom3e.models.prom3e import Prom3eConfig
+    from prom3e.tasks.comparison.benchmark import BenchConfig
     from prom3e.train.loop import TrainConfig
 
     cases = [(lambda: TrainConfig(epochs=1.5), "'epochs'"), (lambda: TrainConfig(kl_weight=-0.1), "'kl_weight'"),

@@ -85,11 +85,11 @@ def run(args) -> int:
     from prom3e.errors import Prom3eError
     from prom3e.io import check_output_dir
     from prom3e.methods import METHODS, FitConfig
-    from prom3e.methods.benchmark import BenchConfig, load_table, run_benchmark, write_outputs
-    from prom3e.methods.store import ResultStore
-    from prom3e.methods.tuning import Grid
     from prom3e.runtime import resolve_device
     from prom3e.tasks.common import stratified_subsample
+    from prom3e.tasks.comparison.benchmark import BenchConfig, load_table, run_benchmark, write_outputs
+    from prom3e.tasks.comparison.store import ResultStore
+    from prom3e.tasks.comparison.tuning import Grid
 
     resolve_device(args.device)  # fail early on --device cuda without CUDA
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -29,8 +29,8 @@ import numpy as np
 from prom3e.errors import Prom3eError
 from prom3e.methods import create
 from prom3e.methods.base import FitConfig, Method, ValidationSet
-from prom3e.methods.cost import PeakMemory
-from prom3e.methods.protocols import hide
+from prom3e.tasks.comparison.cost import PeakMemory
+from prom3e.tasks.comparison.protocols import hide
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _fit(name: str, fit_cfg: FitConfig, options: dict, train, y, n_classes: int,
 
 def tune_and_fit(name: str, data, base: FitConfig, grid: Grid, options: dict, seed: int,
                  log: Callable[[str], None] = print) -> tuple[dict[str, Method], dict]:
-    """Fit ``name`` on one seed's split (``data``: :class:`prom3e.methods.benchmark.SeedData`).
+    """Fit ``name`` on one seed's split (``data``: :class:`prom3e.tasks.comparison.benchmark.SeedData`).
 
     Returns ``{regime: fitted method}`` and a record: the grid trials, the chosen point, and
     per regime its best epoch, validation accuracy, fit time and peak memory.

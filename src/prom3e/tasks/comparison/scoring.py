@@ -23,7 +23,7 @@ import numpy as np
 from prom3e import metrics
 from prom3e.data.table import ModalTable
 from prom3e.methods.base import Method
-from prom3e.methods.cost import PeakMemory
+from prom3e.tasks.comparison.cost import PeakMemory
 
 NM2I_CLUSTERS = 16
 

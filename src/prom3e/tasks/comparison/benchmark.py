@@ -1,12 +1,12 @@
 """The benchmark: every method, the same splits, seeds, tuning grid and budget.
 
-Per seed (:mod:`prom3e.methods.protocols`): a stratified train / test split and a
+Per seed (:mod:`prom3e.tasks.comparison.protocols`): a stratified train / test split and a
 validation split inside the training rows; modalities that are one vector per class (label
 leaks) are left out of every method's input by default (``leak_policy="keep"`` keeps them)
 and named in the results; rows left without any modality are dropped and counted. Every
-method is tuned the same way on validation rows only (:mod:`prom3e.methods.tuning`: grid
+method is tuned the same way on validation rows only (:mod:`prom3e.tasks.comparison.tuning`: grid
 of learning rate × width, best epoch within the budget; each η protocol trained at its own
-η) and scored on the test rows (:mod:`prom3e.methods.scoring`) under
+η) and scored on the test rows (:mod:`prom3e.tasks.comparison.scoring`) under
 
 - ``eta<η>`` (MAPs/AOEPT): a fixed, seeded missingness table;
 - ``subsets``: every non-empty visible set S, on the test rows that have all of S
@@ -17,8 +17,8 @@ Metrics (:mod:`prom3e.metrics`): accuracy, macro-F1 (over classes in the test ro
 (one-vs-rest, macro over test classes with positives and negatives; a tied or NaN row is a
 miss); the estimate's R@1 and NM²I (``scoring``). Over seeds: mean, **sample** standard
 deviation (ddof = 1) and the half-width of a 95 % t-interval. Wall time:
-``time.perf_counter``; memory: peak resident-set increase (:mod:`prom3e.methods.cost`). With
-an output folder (:class:`prom3e.methods.store.ResultStore`) each method × seed is saved as
+``time.perf_counter``; memory: peak resident-set increase (:mod:`prom3e.tasks.comparison.cost`). With
+an output folder (:class:`prom3e.tasks.comparison.store.ResultStore`) each method × seed is saved as
 it finishes and the report is rewritten, so a killed run keeps what finished and can be resumed.
 """
 
@@ -40,7 +40,7 @@ from prom3e.errors import Prom3eError
 from prom3e.io import atomic_write
 from prom3e.methods import METHODS
 from prom3e.methods.base import FitConfig
-from prom3e.methods.protocols import (  # noqa: F401  (eta_mask, hide re-exported: the benchmark's protocol)
+from prom3e.tasks.comparison.protocols import (  # noqa: F401  (eta_mask, hide re-exported: the benchmark's protocol)
     eta_mask,
     hide,
     leaking_modalities,
@@ -48,9 +48,9 @@ from prom3e.methods.protocols import (  # noqa: F401  (eta_mask, hide re-exporte
     nonempty_rows,
     visible_subsets,
 )
-from prom3e.methods.report import markdown, plot
-from prom3e.methods.scoring import classification_metrics, nm2i, recall_at_1, score  # noqa: F401  (re-exported)
-from prom3e.methods.tuning import Grid, regime_names, tune_and_fit
+from prom3e.tasks.comparison.report import markdown, plot
+from prom3e.tasks.comparison.scoring import classification_metrics, nm2i, recall_at_1, score  # noqa: F401  (re-exported)
+from prom3e.tasks.comparison.tuning import Grid, regime_names, tune_and_fit
 
 
 @dataclass
@@ -104,7 +104,7 @@ class SeedData:
 
 
 def prepare(table: ModalTable, y: np.ndarray, cfg: BenchConfig, seed: int, split_labels=None) -> SeedData:
-    from prom3e.tasks.zeroshot import detect_class_modality  # a harness's helper (upward import)
+    from prom3e.tasks.zeroshot import detect_class_modality
 
     split = make_split(y, seed, cfg.train_frac, cfg.val_frac, split_labels)
     pres = {k: table.present[getattr(split, k)] for k in ("train", "val", "test")}
@@ -191,7 +191,7 @@ def load_table(path, label: str, modalities: list[str] | None = None) -> ModalTa
 
 def run_benchmark(table: ModalTable, label: str, cfg: BenchConfig, log: Callable[[str], None] = print,
                   store=None) -> dict:
-    """Every method × seed on ``table``; with a :class:`~prom3e.methods.store.ResultStore`, each
+    """Every method × seed on ``table``; with a :class:`~prom3e.tasks.comparison.store.ResultStore`, each
     finished method × seed is saved (and skipped when resuming) and the report rewritten."""
     cfg.validate()
     codes, classes = encode_labels(table.label(label))
@@ -266,7 +266,7 @@ def _summarise_all(results: dict) -> None:
 
 def write_outputs(results: dict, out_dir, plot_png: bool = True) -> list:
     """``results.json``, ``results.md`` and ``results.png`` (if matplotlib is installed)."""
-    from prom3e.tasks.common import jsonable  # a harness's helper (upward import)
+    from prom3e.tasks.common import jsonable
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
