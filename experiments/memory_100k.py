@@ -5,7 +5,7 @@ Each step runs in its own process under ``/usr/bin/time -v`` (its maximum reside
 - ``prom3e train`` (tiny model, 1 epoch) with half the rows as validation rows (``val_cap``
   50 000): the per-epoch validation R@1 ranks 50 000 reconstructions against each modality;
 - ``prom3e align`` (1 epoch, ``--val-frac 0.5``): the validation top-1 over ~50 000 pairs;
-- the benchmark's reconstruction R@1 (``methods.benchmark.recall_at_1``) for 100 000 queries;
+- the benchmark's reconstruction R@1 (``tasks.comparison.scoring.recall_at_1``) for 100 000 queries;
 - Python + torch + prom3e imported, as the floor.
 
     python experiments/memory_100k.py      # writes experiments/results/memory_100k.json
