@@ -113,6 +113,18 @@ def _sniff(head: bytes, suffix: str, delimiter: str | None) -> str:
     return "\t" if suffix in (".tsv", ".tab", ".txt") else ","
 
 
+def _text_head(path: Path, suffix: str, src: str) -> tuple[str, bytes]:
+    """The text format's suffix (under a compression suffix: ``.csv.gz`` → ``.csv``) and the
+    file's first 64 KiB, decompressed (pyarrow decompresses by extension)."""
+    if suffix in (".gz", ".bz2", ".zst", ".lz4"):
+        suffix = Path(path.stem).suffix.lower()
+    try:
+        with pa.input_stream(str(path)) as fh:
+            return suffix, fh.read(1 << 16)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise Prom3eError(f"{src}: not readable ({str(e).splitlines()[0]})") from None
+
+
 def _text_dialect(head: bytes, suffix: str, delimiter: str | None, encoding: str | None) -> _Dialect:
     delim = _sniff(head, suffix, delimiter)
     return _Dialect(delimiter=delim, quote=None if delim == "\t" else '"', encoding=encoding or "utf-8")
@@ -122,14 +134,7 @@ def text_parse_options(path: str | os.PathLike, delimiter: str | None = None) ->
     """How :func:`read_observations` would split a plain delimited file (sniffed from its
     start, or ``delimiter``), for readers that stream it instead of reading it whole."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".gz", ".bz2", ".zst", ".lz4"):
-        suffix = Path(path.stem).suffix.lower()
-    try:
-        with pa.input_stream(str(path)) as fh:
-            head = fh.read(1 << 16)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise Prom3eError(f"{path}: not readable ({str(e).splitlines()[0]})") from None
+    suffix, head = _text_head(path, path.suffix.lower(), str(path))
     d = _text_dialect(head, suffix, parse_delimiter(delimiter), None)
     return pacsv.ParseOptions(delimiter=d.delimiter, quote_char=d.quote or False,
                               newlines_in_values=d.quote is not None)
@@ -284,13 +289,7 @@ def read_observations(path: str | os.PathLike, delimiter: str | None = None, enc
         except (pa.ArrowInvalid, OSError) as e:
             raise Prom3eError(f"{src}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     else:  # delimited text, perhaps compressed (.csv.gz): pyarrow decompresses by extension
-        if suffix in (".gz", ".bz2", ".zst", ".lz4"):
-            suffix = Path(path.stem).suffix.lower()
-        try:
-            with pa.input_stream(str(path)) as fh:
-                head = fh.read(1 << 16)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise Prom3eError(f"{src}: not readable ({str(e).splitlines()[0]})") from None
+        suffix, head = _text_head(path, suffix, src)
         d = _text_dialect(head, suffix, delimiter, encoding)
         table = _read_delimited(str(path), d, src, text_columns)
     if table.num_rows == 0:

@@ -149,18 +149,24 @@ def embed_rows(table: pa.Table, rows: np.ndarray, spec: EmbedSpec, kinds: list[s
     return cols, empty
 
 
-def _keys(table: pa.Table, spec: EmbedSpec, source: str) -> pa.Array:
-    if spec.id_column is None:
-        return pa.array(np.arange(table.num_rows), pa.int64())
-    col = table.column(spec.id_column).combine_chunks()
+def check_ids(table: pa.Table, id_column: str, source: str, first: int = 0) -> pa.Array:
+    """The id column, refused in one line when a value is empty or repeated (``first``: the
+    row number of the table's first row in its file, for the message)."""
+    col = table.column(id_column).combine_chunks()
     if col.null_count:
         r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise Prom3eError(f"{source}: id column '{spec.id_column}' is empty at row {r}")
+        raise Prom3eError(f"{source}: id column '{id_column}' is empty at row {first + r}")
     if len(pc.unique(col)) != len(col):
         vc = pc.value_counts(col)
         dup = vc.field("values").filter(pc.greater(vc.field("counts"), 1))[0].as_py()
-        raise Prom3eError(f"{source}: id column '{spec.id_column}' repeats the value {dup!r}")
+        raise Prom3eError(f"{source}: id column '{id_column}' repeats the value {dup!r}")
     return col
+
+
+def _keys(table: pa.Table, spec: EmbedSpec, source: str) -> pa.Array:
+    if spec.id_column is None:
+        return pa.array(np.arange(table.num_rows), pa.int64())
+    return check_ids(table, spec.id_column, source)
 
 
 def _check_columns(table: pa.Table, spec: EmbedSpec, source: str) -> list[str]:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import csv
 
@@ -41,6 +40,7 @@ from prom3e.encoders.embed import (
     EmbedSummary,
     _build_encoder,
     _check_columns,
+    check_ids,
     embed_rows,
 )
 from prom3e.encoders.registry import encoder_info
@@ -120,16 +120,8 @@ def observation_chunks(path: str | os.PathLike, rows: int, delimiter: str | None
 
 
 def _check_ids(t: pa.Table, spec: EmbedSpec, source: str, first: int) -> None:
-    if spec.id_column is None:
-        return
-    col = t.column(spec.id_column).combine_chunks()
-    if col.null_count:
-        r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise Prom3eError(f"{source}: id column '{spec.id_column}' is empty at row {first + r}")
-    if len(pc.unique(col)) != len(col):
-        vc = pc.value_counts(col)
-        dup = vc.field("values").filter(pc.greater(vc.field("counts"), 1))[0].as_py()
-        raise Prom3eError(f"{source}: id column '{spec.id_column}' repeats the value {dup!r}")
+    if spec.id_column is not None:
+        check_ids(t, spec.id_column, source, first)
 
 
 def embed_parts(observations: str | os.PathLike, spec: EmbedSpec, out: str | os.PathLike,
