@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from prom3e.config import check_args
-from prom3e.data.table import ModalTable, check_vectors
+from prom3e.data.table import ModalTable
+from prom3e.data.vectors import check_vectors
 from prom3e.errors import Prom3eError
 from prom3e.models.prom3e import Posterior, Prom3e, Prom3eConfig
 from prom3e.runtime import autocast, resolve_device, resolve_precision
