@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error
 
 from prom3e import io
 from prom3e.api import Fuser
@@ -18,14 +19,6 @@ from prom3e.errors import Prom3eError
 from prom3e.train.loop import TrainConfig, train
 
 FAST = dict(model="tiny", batch_size=64, precision="fp32", lr=3e-3, warmup_steps=5)
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def snapshot(folder) -> dict[str, bytes]:

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cli_helpers import one_line_error
 
 from prom3e.api import Fuser
 from prom3e.cli import main
@@ -16,14 +17,6 @@ from prom3e.data.table import ModalTable, read_table, write_parquet
 from prom3e.errors import Prom3eError
 from prom3e.tasks.evaluate import evaluate
 from prom3e.tasks.oracle import OracleFuser
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def with_value(path, tmp_path, column: str, row: int, value: float, name: str = "huge.parquet"):
