@@ -250,3 +250,14 @@ def test_split_column_kl_warmup_and_sigma_logging(small_table, tmp_path):
     assert all(0 <= r["logvar_clip_share"] <= 1 and r["sigma_l1"] > 0 for r in log)
     with pytest.raises(Prom3eError, match="split column 'species'"):
         train(t, tmp_path / "x", TrainConfig(epochs=1, split_column="species", **FAST), progress=False)
+
+
+def test_split_column_needs_a_table_in_memory():
+    """A streamed source splits by val_fraction: a split column there is refused, not ignored."""
+    from types import SimpleNamespace
+
+    from prom3e.errors import Prom3eError
+    from prom3e.train.loop import Trainer
+
+    with pytest.raises(Prom3eError, match="split_column 'split' needs a table in memory"):
+        Trainer(SimpleNamespace(source="parts/"), TrainConfig(split_column="split", **FAST))

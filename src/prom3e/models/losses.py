@@ -100,32 +100,41 @@ def near_duplicates_between(x: Tensor, y: Tensor, tol: float = 1e-3) -> Tensor:
         return torch.baddbmm(both, x, y.transpose(-1, -2), alpha=-2) < tol * tol
 
 
+def same_target(true: Tensor, labels: Tensor | None, dedup: bool, remote: RemoteTargets | None = None
+                ) -> Tensor | None:
+    """``bool[U, C, K]``: pairs of an entry and a candidate (the local targets, then the other
+    ranks' under torchrun) that share a label (``labels [U, C]``, −1 = none) or an identical
+    target embedding (``dedup``), the diagonal excluded; ``None`` when neither applies."""
+    if labels is None and not dedup:
+        return None
+    u, c = true.shape[:2]
+    k = c + (remote.true.shape[1] if remote is not None else 0)
+    same = torch.zeros(u, c, k, dtype=torch.bool, device=true.device)
+    if labels is not None:
+        keys = labels if remote is None else torch.cat([labels, remote.labels], 1)
+        same |= (labels[:, :, None] == keys[:, None, :]) & (labels[:, :, None] >= 0)
+    if dedup:
+        same[:, :, :c] |= near_duplicates(true)
+        if remote is not None and k > c:
+            same[:, :, c:] |= near_duplicates_between(true, remote.true)
+    same.diagonal(dim1=1, dim2=2).fill_(False)
+    return same
+
+
 def candidates(true: Tensor, valid: Tensor, labels: Tensor | None, dedup: bool,
                remote: RemoteTargets | None = None) -> tuple[Tensor, Tensor]:
     """The contrastive candidates of each group: ``keys [U, K, D]`` (the local targets first,
     then the other ranks' under torchrun) and ``drop bool[U, C, K]``, the pairs that are not
-    negatives: padding columns, and other entries with the same label (``labels [U, C]``,
-    −1 = none) or an identical target (``dedup``). A padding row keeps its own column, so no
-    row is all −∞ (log-softmax's backward would turn it into NaN)."""
-    u, c = valid.shape
-    keys, key_valid, key_labels = true, valid, labels
+    negatives: padding columns and :func:`same_target` pairs. A padding row keeps its own
+    column, so no row is all −∞ (log-softmax's backward would turn it into NaN)."""
+    c = valid.shape[1]
+    keys, key_valid = true, valid
     if remote is not None:
         keys = torch.cat([true, remote.true.to(true.dtype)], 1)
         key_valid = torch.cat([valid, remote.valid], 1)
-        key_labels = torch.cat([labels, remote.labels], 1) if labels is not None else None
-    k = keys.shape[1]
-    drop = ~key_valid[:, None, :] & ~torch.eye(c, k, dtype=torch.bool, device=true.device)  # [U, C, K]
-    if labels is not None or dedup:
-        not_negative = torch.zeros(u, c, k, dtype=torch.bool, device=true.device)
-        if key_labels is not None and labels is not None:
-            not_negative |= (labels[:, :, None] == key_labels[:, None, :]) & (labels[:, :, None] >= 0)
-        if dedup:
-            not_negative[:, :, :c] |= near_duplicates(true)
-            if remote is not None and k > c:
-                not_negative[:, :, c:] |= near_duplicates_between(true, remote.true)
-        not_negative.diagonal(dim1=1, dim2=2).fill_(False)
-        drop = drop | not_negative
-    return keys, drop
+    drop = ~key_valid[:, None, :] & ~torch.eye(c, keys.shape[1], dtype=torch.bool, device=true.device)
+    same = same_target(true, labels, dedup, remote)
+    return keys, drop if same is None else drop | same
 
 
 def contrastive_reconstruction(

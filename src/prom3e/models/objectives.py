@@ -32,25 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prom3e.models.losses import candidates, distance_logits, near_duplicates
+from prom3e.models.losses import candidates, distance_logits, same_target
 
 if TYPE_CHECKING:
     from prom3e.distributed import RemoteTargets
-
-
-def same_target(true: Tensor, valid: Tensor, labels: Tensor | None, dedup: bool) -> Tensor | None:
-    """``bool[U, C, C]``: off-diagonal pairs that share a label (``labels [U, C]``, −1 = none) or
-    an identical target embedding; ``None`` when neither applies."""
-    if labels is None and not dedup:
-        return None
-    u, c = valid.shape
-    same = torch.zeros(u, c, c, dtype=torch.bool, device=true.device)
-    if labels is not None:
-        same |= (labels[:, :, None] == labels[:, None, :]) & (labels[:, :, None] >= 0)
-    if dedup:
-        same |= near_duplicates(true)
-    same.diagonal(dim1=1, dim2=2).fill_(False)
-    return same
 
 
 def mc_infonce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: Tensor,
@@ -101,7 +86,7 @@ def csd_bce(pred: Tensor, true: Tensor, valid: Tensor, alpha: Tensor, beta: Tens
     d2 = d2.clamp_min(0.0)
     logits = alpha[:, None, None] * d2 + beta[:, None, None]
     target = torch.eye(c, dtype=torch.bool, device=pred.device).expand(u, c, c).clone()
-    same = same_target(true, valid, labels, dedup)
+    same = same_target(true, labels, dedup)
     if same is not None:
         target |= same
     pair_ok = valid[:, :, None] & valid[:, None, :]

@@ -14,6 +14,7 @@ Two exact shortcuts keep the work to what is needed:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -344,17 +345,12 @@ class Prom3e(nn.Module):
             zk = zk.transpose(1, 2).reshape(u, k * c, -1)  # draws side by side per group
             pred = F.normalize(self.decode_mlp(zk, g.used).float(), dim=-1)
             pred = pred.view(u, k, c, -1).transpose(0, 1)  # [K, U, C, D]
-            if cfg.recon_loss == "csd_bce":
-                recon, acc, each = csd_bce(pred, true, g.valid, *scale, lab, dedup)
-            else:
-                recon, acc, each = mc_infonce(pred, true, g.valid, *scale, lab, dedup,
-                                              remote)
+            # csd_bce scores the local batch (refused under torchrun above); mc_infonce every rank's targets
+            loss_fn = csd_bce if cfg.recon_loss == "csd_bce" else functools.partial(mc_infonce, remote=remote)
+            recon, acc, each = loss_fn(pred, true, g.valid, *scale, lab, dedup)
             if cfg.mu_loss > 0:
                 pred_mu = F.normalize(self.decode_mlp(_gather_rows(post.mu, pick), g.used).float(), dim=-1)[None]
-                mu_fn = csd_bce if cfg.recon_loss == "csd_bce" else mc_infonce
-                extra = (remote,) if mu_fn is mc_infonce else ()
-                recon = recon + cfg.mu_loss * mu_fn(pred_mu, true, g.valid, *scale,
-                                                    lab, dedup, *extra)[0]
+                recon = recon + cfg.mu_loss * loss_fn(pred_mu, true, g.valid, *scale, lab, dedup)[0]
         if cfg.kl_reduction == "mean" and cfg.free_bits == 0:
             kl = kl_divergence(post.mu, post.logvar)
         else:

@@ -131,21 +131,21 @@ def fit_probe(fuser, table: ModalTable, label: str, C: float = 1.0, views: int =
     fit, test = stratified_split(y, 1.0 - holdout, seed) if holdout > 0 else (np.arange(len(y)), np.arange(0))
     in_fit = np.isin(rows, fit)
     accuracy: dict[str, float | None] = {}
+    model = dict(modalities=fuser.modalities, dims=fuser.dims, model=model_fingerprint(fuser.model))
     if len(test):
-        w, b, mean, std = _fit(mu[in_fit], y[rows[in_fit]], len(classes), C, max_iter)
-        pred = metrics.predict(torch.addmm(b, (torch.from_numpy(mu[~in_fit]) - mean) / std, w))
+        held = SavedProbe(classes, *_fit(mu[in_fit], y[rows[in_fit]], len(classes), C, max_iter), **model)
+        pred = metrics.predict(held.probabilities(torch.from_numpy(mu[~in_fit])))
         sizes = masks[~in_fit].sum(1)
         yt = y[rows[~in_fit]]
         for k in sorted(set(sizes.tolist())):
             accuracy[str(k)] = metrics.accuracy(yt[sizes == k], pred[sizes == k])
-    w, b, mean, std = _fit(mu, y[rows], len(classes), C, max_iter)
     info = {"C": C, "views": views, "holdout": holdout, "seed": seed, "rows": int(len(keep)),
             "accuracy_by_visible": accuracy, "chance": float(np.bincount(y).max() / len(y))}
-    return SavedProbe(classes, w, b, mean, std, fuser.modalities, fuser.dims, model_fingerprint(fuser.model), info)
+    return SavedProbe(classes, *_fit(mu, y[rows], len(classes), C, max_iter), **model, info=info)
 
 
 def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, C: float, max_iter: int):
-    mean = torch.from_numpy(x.mean(0))
-    std = torch.from_numpy(x.std(0)) + 1e-6
-    w, b = fit_softmax(((torch.from_numpy(x) - mean) / std).numpy(), y, n_classes, C, max_iter)
-    return w, b, mean, std
+    """``(weight, bias, mean, std)`` of a probe on standardised ``x``."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    w, b = fit_softmax((x - mean) / std, y, n_classes, C, max_iter)
+    return w, b, torch.from_numpy(mean), torch.from_numpy(std)

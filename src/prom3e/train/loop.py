@@ -172,6 +172,9 @@ class Trainer(Hooks):
         if isinstance(table, ModalTable):
             table.check_values()  # tables built in memory are not checked by the readers
             table = InMemorySource(table, cfg.val_fraction, cfg.val_cap, cfg.seed, cfg.label_column, cfg.split_column)
+        elif cfg.split_column:
+            raise Prom3eError(f"{table.source}: split_column '{cfg.split_column}' needs a table in memory; a streamed "
+                              "dataset splits by val_fraction")
         if table.n_train < 2:
             raise Prom3eError(f"{table.source}: {table.n_train + table.n_val} row(s) leave {table.n_train} for "
                               f"training after the validation split; need at least 2")
